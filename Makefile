@@ -1,0 +1,36 @@
+# Two commands do all the set-up: `make demo` and `make test`. Both run `setup` first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DS_ACCELERATOR ?= cpu
+export RAY_USAGE_STATS_ENABLED ?= 0
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup test demo demo-quick bench clean
+
+setup: $(STAMP)
+
+# torch is pinned and installed first: a bare `torch` requirement would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest tests
+
+demo: setup
+	$(BIN)/medlm demo
+
+demo-quick: setup
+	$(BIN)/medlm demo --quick
+
+bench: setup
+	$(BIN)/python benchmarks/bench_edits.py
+	$(BIN)/python benchmarks/bench_sampling.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

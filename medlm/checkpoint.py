@@ -1,0 +1,96 @@
+"""Checkpoints: our Hugging Face layout (config.json + model.safetensors + tokenizer files).
+
+``medlm`` loads only checkpoints of its own architecture and says clearly when it is handed
+something else (an original LLaDA checkpoint must go through ``medlm.convert`` first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from transformers.utils import logging as hf_logging
+
+from medlm.modeling import MedlmConfig, MedlmForEditing
+from medlm.tokenizer import load_tokenizer, special_ids
+
+
+def save_checkpoint(model: MedlmForEditing, tokenizer, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Write weights as safetensors, the config, the tokenizer and optional metadata."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    if extra:
+        (out / "medlm_meta.json").write_text(json.dumps(extra, indent=2, sort_keys=True))
+    return out
+
+
+def check_checkpoint_dir(path: str | Path) -> Path:
+    """Fail early, naming the problem, when ``path`` is not a medlm checkpoint."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"{path} has no config.json; is it a checkpoint directory?")
+    cfg = json.loads(cfg_file.read_text())
+    if cfg.get("model_type") != MedlmConfig.model_type:
+        hint = " (convert an LLaDA checkpoint with `medlm convert` first)" if "llada" in json.dumps(cfg).lower() else ""
+        raise ValueError(
+            f"{path} holds a checkpoint of architecture {cfg.get('model_type') or cfg.get('architectures')!r}, "
+            f"not {MedlmConfig.model_type!r}{hint}"
+        )
+    if not any(path.glob("*.safetensors")):
+        raise FileNotFoundError(f"{path} has no .safetensors weights")
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """Load (model, tokenizer) from a medlm checkpoint directory; the model is put in eval mode."""
+    path = check_checkpoint_dir(path)
+    hf_logging.disable_progress_bar()
+    model = MedlmForEditing.from_pretrained(str(path), dtype=dtype or torch.float32)
+    model.to(device).eval()
+    if not hasattr(model, "insert_head"):
+        raise ValueError(f"{path}: model has no insertion head")
+    tokenizer = load_tokenizer(path)
+    sp = special_ids(tokenizer)
+    if sp.mask != model.config.mask_token_id or sp.delete != model.config.del_token_id:
+        raise ValueError(
+            f"{path}: tokenizer special ids (mask={sp.mask}, del={sp.delete}) disagree with the model config "
+            f"(mask={model.config.mask_token_id}, del={model.config.del_token_id})"
+        )
+    return model, tokenizer
+
+
+def checkpoint_hash(path: str | Path) -> str:
+    """sha256 over the weight and config files: the provenance id of a checkpoint."""
+    path = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(list(path.glob("*.safetensors")) + [path / "config.json"]):
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def new_model(preset: str, tokenizer, seed: int = 0, **overrides) -> MedlmForEditing:
+    """A randomly initialised model whose special ids and vocabulary match ``tokenizer``."""
+    sp = special_ids(tokenizer)
+    cfg = MedlmConfig.preset(
+        preset,
+        **{
+            "vocab_size": len(tokenizer),
+            "mask_token_id": sp.mask,
+            "del_token_id": sp.delete,
+            "pad_token_id": sp.pad,
+            "eos_token_id": sp.im_end,
+            **overrides,
+        },
+    )
+    torch.manual_seed(seed)
+    return MedlmForEditing(cfg)

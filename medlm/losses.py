@@ -1,0 +1,57 @@
+"""Training objectives, kept apart from the network (as MDLM does).
+
+* mask loss  -- masked-diffusion cross-entropy on masked response tokens, weighted by 1/t and
+                averaged per sequence (LLaDA's estimator of the negative ELBO);
+* edit loss  -- cross-entropy of the token head against ``token_target`` and of the insertion head
+                against the gap labels, on drafts;
+* mixture    -- both on one packed batch that may hold mask and edit examples side by side.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from medlm.packing import IGNORE, PackedBatch
+
+
+def _labelled_positions(batch: PackedBatch) -> torch.Tensor:
+    return ((batch.token_labels != IGNORE) | (batch.insert_labels != IGNORE)).nonzero(as_tuple=True)[0]
+
+
+def mixture_loss(model, batch: PackedBatch, edit_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """Loss terms for one packed batch; only labelled positions go through the vocabulary heads."""
+    index = _labelled_positions(batch)
+    out = model(batch.input_ids, cu_seqlens=batch.cu_seqlens, logits_index=index)
+    tok_labels = batch.token_labels[index]
+    ins_labels = batch.insert_labels[index]
+    weights = batch.token_weights[index]
+    is_edit = batch.is_edit[index]
+    zero = out.token_logits.sum() * 0.0
+
+    terms: dict[str, torch.Tensor] = {}
+    ce_tok = F.cross_entropy(out.token_logits.float(), tok_labels.clamp(min=0), reduction="none")
+    mask_sel = (~is_edit) & (tok_labels != IGNORE)
+    if batch.n_mask_seqs:
+        terms["mask_loss"] = (ce_tok * weights * mask_sel).sum() / batch.n_mask_seqs
+    else:
+        terms["mask_loss"] = zero
+    if batch.n_edit_seqs:
+        edit_tok = is_edit & (tok_labels != IGNORE)
+        edit_ins = is_edit & (ins_labels != IGNORE)
+        ce_ins = F.cross_entropy(out.insert_logits.float(), ins_labels.clamp(min=0), reduction="none")
+        terms["edit_token_loss"] = (ce_tok * edit_tok).sum() / edit_tok.sum().clamp(min=1)
+        terms["edit_insert_loss"] = (ce_ins * edit_ins).sum() / edit_ins.sum().clamp(min=1)
+        terms["edit_loss"] = terms["edit_token_loss"] + terms["edit_insert_loss"]
+    else:
+        terms["edit_loss"] = zero
+    terms["loss"] = terms["mask_loss"] + edit_weight * terms["edit_loss"]
+    return terms
+
+
+def mask_loss(model, batch: PackedBatch) -> torch.Tensor:
+    return mixture_loss(model, batch)["mask_loss"]
+
+
+def edit_loss(model, batch: PackedBatch) -> torch.Tensor:
+    return mixture_loss(model, batch)["edit_loss"]

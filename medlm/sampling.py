@@ -1,0 +1,347 @@
+"""Samplers over packed batches: mask diffusion drafts, then parallel edit refinement.
+
+Both loops keep every sequence as a plain token list and pack only the sequences still running into
+one row per step, so a finished sequence costs nothing, lengths may change freely while editing, and
+a request decodes the same whether it runs alone or packed with others (no shared padding, per
+request seeds).
+
+Mask diffusion (LLaDA-style low-confidence remasking): a response of ``gen_len`` masks is filled in
+``mask_steps`` forward passes. Each step predicts every masked position, then commits the most
+confident ones: ``ceil(masked_left / steps_left)`` of them, or all above ``threshold`` when that is
+more. With ``block_size`` the response is filled block by block (semi-autoregressive), the step
+budget split evenly over blocks. ``<|del|>`` and ``<|mask|>`` are never sampled here.
+
+Edit refinement: up to ``edit_steps`` forward passes over prompt + draft (pads stripped). The token
+head proposes keep / replace / delete per response token, the insertion head one insert per gap;
+all proposals of a step are applied at once (optionally only the ``max_edits_per_step`` most
+confident), the response never grows past ``max_len``, and a sequence stops as soon as a step
+proposes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from medlm.edits import NO_INSERT, apply_edits
+from medlm.tokenizer import SpecialIds
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class DecodeConfig:
+    """Budgets and knobs for one request."""
+
+    gen_len: int = 64
+    mask_steps: int = 64
+    edit_steps: int = 0
+    threshold: Optional[float] = None
+    block_size: Optional[int] = None
+    max_edits_per_step: Optional[int] = None
+    max_len: Optional[int] = None  # cap on the edited response length; default gen_len
+    temperature: float = 0.0
+    seed: int = 0
+
+    def validate(self, max_positions: int | None = None, prompt_len: int = 0) -> None:
+        if self.gen_len < 1:
+            raise ValueError(f"gen_len must be >= 1, got {self.gen_len}")
+        if self.mask_steps < 1:
+            raise ValueError(f"mask_steps must be >= 1, got {self.mask_steps}")
+        if self.edit_steps < 0:
+            raise ValueError(f"edit_steps must be >= 0, got {self.edit_steps}")
+        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.max_edits_per_step is not None and self.max_edits_per_step < 1:
+            raise ValueError(f"max_edits_per_step must be >= 1, got {self.max_edits_per_step}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.block_size is not None:
+            if self.block_size < 1:
+                raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+            n_blocks = math.ceil(self.gen_len / self.block_size)
+            if self.mask_steps < n_blocks:
+                raise ValueError(
+                    f"a budget of {self.mask_steps} mask steps is smaller than the {n_blocks} blocks of "
+                    f"{self.block_size} tokens in gen_len={self.gen_len}"
+                )
+        if max_positions is not None:
+            longest = prompt_len + max(self.gen_len, self.max_len or 0)
+            if longest > max_positions:
+                raise ValueError(
+                    f"prompt of {prompt_len} tokens + response of {max(self.gen_len, self.max_len or 0)} tokens "
+                    f"= {longest} exceeds the model's maximum of {max_positions} positions"
+                )
+
+
+@dataclass
+class DecodeResult:
+    output_ids: list[int]  # final response (pads removed)
+    draft_ids: list[int]  # response before editing (pads removed)
+    mask_nfe: int = 0
+    edit_nfe: int = 0
+    n_replace: int = 0
+    n_delete: int = 0
+    n_insert: int = 0
+    mask_time_s: float = 0.0
+    edit_time_s: float = 0.0
+    history: list[list[int]] = field(default_factory=list)  # response after each edit step
+
+    @property
+    def nfe(self) -> int:
+        return self.mask_nfe + self.edit_nfe
+
+
+def _pack(seqs: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    flat: list[int] = []
+    cu = [0]
+    for s in seqs:
+        flat.extend(s)
+        cu.append(cu[-1] + len(s))
+    return (torch.tensor(flat, dtype=torch.long, device=device), torch.tensor(cu, dtype=torch.int32, device=device))
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _check_prompt(prompt: Sequence[int], vocab_size: int) -> None:
+    if len(prompt) < 1:
+        raise ValueError("prompt must hold at least one token (the insertion head reads gap 0 at the last prompt token)")
+    lo, hi = min(prompt), max(prompt)
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"prompt token id {hi if hi >= vocab_size else lo} is outside the vocabulary [0, {vocab_size})")
+
+
+def _block_schedule(cfg: DecodeConfig) -> list[tuple[int, int, int]]:
+    """(start, end, steps) per block of the response."""
+    size = cfg.block_size or cfg.gen_len
+    bounds = [(s, min(s + size, cfg.gen_len)) for s in range(0, cfg.gen_len, size)]
+    base, extra = divmod(cfg.mask_steps, len(bounds))
+    return [(s, e, base + (1 if b < extra else 0)) for b, (s, e) in enumerate(bounds)]
+
+
+@torch.no_grad()
+def mask_diffusion(
+    model, prompts: Sequence[Sequence[int]], configs: Sequence[DecodeConfig], special: SpecialIds
+) -> list[tuple[list[int], int]]:
+    """Draft each response by masked diffusion. Returns (raw response of gen_len tokens, NFE) per prompt."""
+    device = _model_device(model)
+    vocab = model.config.vocab_size
+    n = len(prompts)
+    seqs = [list(p) + [special.mask] * c.gen_len for p, c in zip(prompts, configs)]
+    plen = [len(p) for p in prompts]
+    schedules = [_block_schedule(c) for c in configs]
+    block_idx = [0] * n
+    steps_in_block = [0] * n
+    nfe = [0] * n
+    gens = [torch.Generator(device="cpu").manual_seed(int(c.seed)) for c in configs]
+    banned = torch.tensor([special.mask, special.delete], device=device)
+
+    def masked_left(i: int) -> list[int]:
+        return [j for j in range(plen[i], len(seqs[i])) if seqs[i][j] == special.mask]
+
+    active = [i for i in range(n) if masked_left(i)]
+    while active:
+        masked = [masked_left(i) for i in active]
+        ids, cu = _pack([seqs[i] for i in active], device)
+        offsets = cu[:-1].tolist()
+        index = torch.tensor([offsets[a] + j for a, m in enumerate(masked) for j in m], device=device)
+        logits = model(ids, cu_seqlens=cu, logits_index=index, return_insert=False).token_logits.float()
+        logits[:, banned] = NEG_INF
+        start = 0
+        for a, i in enumerate(active):
+            cfg = configs[i]
+            m = masked[a]
+            lg = logits[start : start + len(m)]
+            start += len(m)
+            nfe[i] += 1
+            if cfg.temperature > 0:
+                u = torch.rand(lg.shape, generator=gens[i]).to(device).clamp_(1e-10, 1.0)
+                lg = lg / cfg.temperature - torch.log(-torch.log(u))
+            probs = torch.softmax(lg, dim=-1)
+            conf, pred = probs.max(dim=-1)
+            # candidates: masked positions of the current block
+            while True:
+                b_start, b_end, b_steps = schedules[i][block_idx[i]]
+                in_block = [k for k, j in enumerate(m) if b_start <= j - plen[i] < b_end]
+                if in_block:
+                    break
+                block_idx[i] += 1
+                steps_in_block[i] = 0
+            steps_left = max(1, b_steps - steps_in_block[i])
+            k = math.ceil(len(in_block) / steps_left)
+            cand_conf = conf[in_block]
+            if cfg.threshold is not None:
+                k = max(k, int((cand_conf >= cfg.threshold).sum()))
+            k = min(k, len(in_block))
+            chosen = torch.topk(cand_conf, k).indices.tolist()
+            pred_list = pred.tolist()
+            for c in chosen:
+                pos = m[in_block[c]]
+                seqs[i][pos] = pred_list[in_block[c]]
+            steps_in_block[i] += 1
+        active = [i for i in active if any(t == special.mask for t in seqs[i][plen[i]:])]
+    return [(seqs[i][plen[i]:], nfe[i]) for i in range(n)]
+
+
+def strip_padding(response: Sequence[int], special: SpecialIds) -> list[int]:
+    """Remove ``<|pad|>`` wherever the draft committed it (also mid-sequence) before editing."""
+    return [t for t in response if t != special.pad]
+
+
+@dataclass
+class EditState:
+    prompt: list[int]
+    response: list[int]
+    cfg: DecodeConfig
+    nfe: int = 0
+    n_replace: int = 0
+    n_delete: int = 0
+    n_insert: int = 0
+    done: bool = False
+    history: list[list[int]] = field(default_factory=list)
+
+
+@torch.no_grad()
+def edit_step(model, states: Sequence[EditState], special: SpecialIds) -> None:
+    """One parallel edit step for every state given (they are packed into one forward pass)."""
+    device = _model_device(model)
+    seqs = [s.prompt + s.response for s in states]
+    ids, cu = _pack(seqs, device)
+    offsets = cu[:-1].tolist()
+    # rows from the last prompt token to the end: gap g of the response is read at row g,
+    # response token i at row i + 1
+    index = torch.tensor(
+        [offsets[a] + j for a, s in enumerate(states) for j in range(len(s.prompt) - 1, len(seqs[a]))], device=device
+    )
+    out = model(ids, cu_seqlens=cu, logits_index=index, return_insert=True)
+    tok_logits = out.token_logits.float()
+    ins_logits = out.insert_logits.float()
+    tok_logits[:, [special.mask, special.pad]] = NEG_INF
+    ins_logits[:, [special.mask, special.delete]] = NEG_INF
+    tok_conf, tok_pred = torch.softmax(tok_logits, -1).max(-1)
+    ins_conf, ins_pred = torch.softmax(ins_logits, -1).max(-1)
+    tok_pred, tok_conf = tok_pred.tolist(), tok_conf.tolist()
+    ins_pred, ins_conf = ins_pred.tolist(), ins_conf.tolist()
+
+    row = 0
+    for s in states:
+        n = len(s.response)
+        rows = slice(row, row + n + 1)
+        row += n + 1
+        t_pred, t_conf = tok_pred[rows][1:], tok_conf[rows][1:]
+        g_pred, g_conf = ins_pred[rows], ins_conf[rows]
+        s.nfe += 1
+        # proposals: (confidence, kind, index)
+        props = [(t_conf[i], 0, i) for i in range(n) if t_pred[i] != s.response[i]]
+        props += [(g_conf[g], 1, g) for g in range(n + 1) if g_pred[g] != special.no_insert]
+        if s.cfg.max_edits_per_step is not None and len(props) > s.cfg.max_edits_per_step:
+            props = sorted(props, reverse=True)[: s.cfg.max_edits_per_step]
+        max_len = s.cfg.max_len or s.cfg.gen_len
+        n_del = sum(1 for c, kind, i in props if kind == 0 and t_pred[i] == special.delete)
+        n_ins_allowed = max(0, max_len - (n - n_del))
+        inserts = sorted((p for p in props if p[1] == 1), reverse=True)[:n_ins_allowed]
+        props = [p for p in props if p[1] == 0] + inserts
+        if not props:
+            s.done = True
+            continue
+        token_target = list(s.response)
+        insert_target = [NO_INSERT] * (n + 1)
+        for _, kind, i in props:
+            if kind == 0:
+                token_target[i] = t_pred[i]
+                if t_pred[i] == special.delete:
+                    s.n_delete += 1
+                else:
+                    s.n_replace += 1
+            else:
+                insert_target[i] = g_pred[i]
+                s.n_insert += 1
+        s.response = apply_edits(s.response, token_target, insert_target, del_id=special.delete)
+        s.history.append(list(s.response))
+
+
+def edit_refine(
+    model,
+    prompts: Sequence[Sequence[int]],
+    drafts: Sequence[Sequence[int]],
+    configs: Sequence[DecodeConfig],
+    special: SpecialIds,
+    on_step: Optional[Callable[[int, int, list[int]], None]] = None,
+) -> list[EditState]:
+    """Refine each draft for up to ``cfg.edit_steps`` parallel steps; stops early when nothing changes.
+
+    ``on_step(seq_index, step, response)`` is called after every applied step (for streaming).
+    """
+    states = [EditState(list(p), list(d), c) for p, d, c in zip(prompts, drafts, configs)]
+    for i, s in enumerate(states):
+        if s.cfg.edit_steps == 0:
+            s.done = True
+    step = 0
+    while True:
+        active = [i for i, s in enumerate(states) if not s.done and s.nfe < s.cfg.edit_steps]
+        if not active:
+            break
+        before = {i: len(states[i].history) for i in active}
+        edit_step(model, [states[i] for i in active], special)
+        step += 1
+        if on_step is not None:
+            for i in active:
+                if len(states[i].history) > before[i]:
+                    on_step(i, states[i].nfe, states[i].response)
+    return states
+
+
+def generate(
+    model,
+    prompts: Sequence[Sequence[int]],
+    configs: Sequence[DecodeConfig] | DecodeConfig,
+    special: SpecialIds,
+    on_draft: Optional[Callable[[int, list[int]], None]] = None,
+    on_edit_step: Optional[Callable[[int, int, list[int]], None]] = None,
+) -> list[DecodeResult]:
+    """Draft with mask diffusion, strip padding, then refine with edits; one result per prompt."""
+    if isinstance(configs, DecodeConfig):
+        configs = [configs] * len(prompts)
+    if len(configs) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(configs)} decode configs")
+    for p, c in zip(prompts, configs):
+        _check_prompt(p, model.config.vocab_size)
+        c.validate(model.config.max_position_embeddings, len(p))
+    if not prompts:
+        return []
+    was_training = model.training
+    model.eval()
+    try:
+        t0 = time.perf_counter()
+        drafts = mask_diffusion(model, prompts, configs, special)
+        t1 = time.perf_counter()
+        stripped = [strip_padding(d, special) for d, _ in drafts]
+        if on_draft is not None:
+            for i, d in enumerate(stripped):
+                on_draft(i, d)
+        states = edit_refine(model, prompts, stripped, configs, special, on_step=on_edit_step)
+        t2 = time.perf_counter()
+    finally:
+        model.train(was_training)
+    n = len(prompts)
+    return [
+        DecodeResult(
+            output_ids=states[i].response,
+            draft_ids=stripped[i],
+            mask_nfe=drafts[i][1],
+            edit_nfe=states[i].nfe,
+            n_replace=states[i].n_replace,
+            n_delete=states[i].n_delete,
+            n_insert=states[i].n_insert,
+            mask_time_s=(t1 - t0) / n,
+            edit_time_s=(t2 - t1) / n,
+            history=states[i].history,
+        )
+        for i in range(n)
+    ]

@@ -19,8 +19,15 @@ def _labelled_positions(batch: PackedBatch) -> torch.Tensor:
     return ((batch.token_labels != IGNORE) | (batch.insert_labels != IGNORE)).nonzero(as_tuple=True)[0]
 
 
-def mixture_loss(model, batch: PackedBatch, edit_weight: float = 1.0) -> dict[str, torch.Tensor]:
-    """Loss terms for one packed batch; only labelled positions go through the vocabulary heads."""
+def mixture_loss(
+    model, batch: PackedBatch, edit_weight: float = 1.0, change_weight: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """Loss terms for one packed batch; only labelled positions go through the vocabulary heads.
+
+    ``change_weight`` up-weights edit positions whose label asks for a change (replace, delete, or an
+    actual insertion) against the far more common keep / no-insert labels; 1.0 is the paper's plain
+    cross-entropy. Small models trained briefly learn to copy unless changes weigh more.
+    """
     index = _labelled_positions(batch)
     out = model(batch.input_ids, cu_seqlens=batch.cu_seqlens, logits_index=index)
     tok_labels = batch.token_labels[index]
@@ -40,8 +47,14 @@ def mixture_loss(model, batch: PackedBatch, edit_weight: float = 1.0) -> dict[st
         edit_tok = is_edit & (tok_labels != IGNORE)
         edit_ins = is_edit & (ins_labels != IGNORE)
         ce_ins = F.cross_entropy(out.insert_logits.float(), ins_labels.clamp(min=0), reduction="none")
-        terms["edit_token_loss"] = (ce_tok * edit_tok).sum() / edit_tok.sum().clamp(min=1)
-        terms["edit_insert_loss"] = (ce_ins * edit_ins).sum() / edit_ins.sum().clamp(min=1)
+        w_tok = edit_tok.float()
+        w_ins = edit_ins.float()
+        if change_weight != 1.0:
+            current = batch.input_ids[index]
+            w_tok = w_tok * torch.where(tok_labels != current, change_weight, 1.0)
+            w_ins = w_ins * torch.where(ins_labels != model.config.no_insert_token_id, change_weight, 1.0)
+        terms["edit_token_loss"] = (ce_tok * w_tok).sum() / w_tok.sum().clamp(min=1)
+        terms["edit_insert_loss"] = (ce_ins * w_ins).sum() / w_ins.sum().clamp(min=1)
         terms["edit_loss"] = terms["edit_token_loss"] + terms["edit_insert_loss"]
     else:
         terms["edit_loss"] = zero

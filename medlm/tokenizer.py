@@ -44,12 +44,24 @@ class SpecialIds:
 
 
 def special_ids(tokenizer) -> SpecialIds:
-    """Look up the special token ids, failing clearly when a tokenizer lacks one."""
+    """Look up the special token ids, failing clearly when a tokenizer lacks one.
+
+    mask / pad / eos follow the tokenizer's own ``mask_token`` / ``pad_token`` / ``eos_token`` when it
+    names them (a converted LLaDA tokenizer keeps its ``<|mdm_mask|>``); the rest go by name.
+    """
+    names = {
+        "mask": getattr(tokenizer, "mask_token", None) or MASK,
+        "delete": DEL,
+        "pad": getattr(tokenizer, "pad_token", None) or PAD,
+        "im_start": IM_START,
+        "im_end": IM_END,
+        "eos": getattr(tokenizer, "eos_token", None) or EOS,
+    }
     ids = {}
-    for name, tok in zip(["mask", "delete", "pad", "im_start", "im_end", "eos"], SPECIAL_TOKENS):
+    for name, tok in names.items():
         tid = tokenizer.convert_tokens_to_ids(tok)
-        if tid is None or tid == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(tid) != tok:
-            raise ValueError(f"tokenizer has no special token {tok!r}; it needs all of {SPECIAL_TOKENS}")
+        if tid is None or tokenizer.convert_ids_to_tokens(tid) != tok:
+            raise ValueError(f"tokenizer has no special token {tok!r} ({name}); it needs all of {SPECIAL_TOKENS}")
         ids[name] = tid
     return SpecialIds(**ids)
 

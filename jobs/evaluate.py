@@ -1,0 +1,103 @@
+"""`medlm eval` / `python -m jobs.evaluate`: evaluate a checkpoint under one step budget or the whole budget table.
+
+Two ways in, one config: flags (``medlm eval --checkpoint DIR --task toy --mask-steps 36 --edit-steps 12``)
+and a YAML file with ``key=value`` overrides for ``ray job submit``
+(``python -m jobs.evaluate --config jobs/configs/evaluate.yaml checkpoint=DIR table=true``).
+Flags win over overrides, which win over the file. Connects to ``RAY_ADDRESS`` when set, else starts
+a local Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from jobs.config import ConfigError, config_to_dict, load_config
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = ""
+    task: str = "toy"  # toy | gsm8k | humaneval
+    split: str = "test"
+    n_samples: Optional[int] = 32  # null: every problem of the task
+    gen_len: int = 48  # response positions; the full budget is gen_len mask steps (one token per step)
+    mask_steps: int = 48  # single-budget mode
+    edit_steps: int = 0
+    table: bool = False  # evaluate the whole budget table instead of one budget
+    fractions: list = field(default_factory=lambda: [1, 0.5, 0.25, 0.125])
+    edit_share: float = 0.25  # share of a mask+edit budget spent on edit steps
+    threshold: Optional[float] = None
+    block_size: Optional[int] = None
+    batch_size: int = 8
+    num_actors: int = 1
+    cpus_per_actor: float = 1
+    gpus_per_actor: float = 0
+    grade_timeout_s: float = 5.0
+    seed: int = 0
+    out_dir: str = "runs/eval"
+
+
+# flag -> config key; every flag defaults to None so only flags actually given override the config
+FLAGS = {
+    "--checkpoint": ("checkpoint", str), "--task": ("task", str), "--split": ("split", str),
+    "--n": ("n_samples", int), "--gen-len": ("gen_len", int), "--mask-steps": ("mask_steps", int),
+    "--edit-steps": ("edit_steps", int), "--out": ("out_dir", str), "--num-actors": ("num_actors", int),
+    "--batch-size": ("batch_size", int), "--seed": ("seed", int), "--block-size": ("block_size", int),
+    "--threshold": ("threshold", float),
+}
+
+
+def parse_args(argv: list[str]) -> EvalConfig:
+    ap = argparse.ArgumentParser(prog="medlm eval", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=None, help="YAML config (e.g. jobs/configs/evaluate.yaml)")
+    for flag, (key, typ) in FLAGS.items():
+        ap.add_argument(flag, dest=key, type=typ, default=None)
+    ap.add_argument("--table", action="store_true", default=None, help="evaluate the whole budget table")
+    ap.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = ap.parse_args(argv)
+    flags = [f"{key}={json.dumps(getattr(args, key))}" for key, _ in FLAGS.values() if getattr(args, key) is not None]
+    if args.table:
+        flags.append("table=true")
+    return load_config(args.config, [*args.overrides, *flags], EvalConfig)
+
+
+def budgets_of(cfg: EvalConfig) -> list:
+    from medlm.evaluation import Budget, budget_table
+
+    if cfg.table:
+        return [b for pair in budget_table(cfg.gen_len, cfg.fractions, cfg.edit_share) for b in pair]
+    return [Budget.of(cfg.mask_steps, cfg.edit_steps, gen_len=cfg.gen_len)]
+
+
+def cli(argv: list[str]) -> int:
+    try:
+        cfg = parse_args(argv)
+    except ConfigError as e:
+        print(f"medlm eval: {e}", file=sys.stderr)
+        return 2
+    if not cfg.checkpoint:
+        print("medlm eval: no checkpoint given (--checkpoint DIR or checkpoint=DIR)", file=sys.stderr)
+        return 2
+    from pipeline.evaluate import run_eval
+
+    try:
+        budgets = budgets_of(cfg)
+        print(f"[eval] config {json.dumps(config_to_dict(cfg))}", flush=True)
+        summary = run_eval(cfg.checkpoint, cfg.task, budgets, cfg.n_samples, cfg.split, cfg.batch_size,
+                           cfg.num_actors, cfg.out_dir, cfg.seed, gen_len=cfg.gen_len, threshold=cfg.threshold,
+                           block_size=cfg.block_size, cpus_per_actor=cfg.cpus_per_actor,
+                           gpus_per_actor=cfg.gpus_per_actor, grade_timeout_s=cfg.grade_timeout_s)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"medlm eval: {e}", file=sys.stderr)
+        return 2
+    print(f"[eval] summary: {Path(summary['out_dir']) / 'summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli(sys.argv[1:]))

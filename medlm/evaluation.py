@@ -157,7 +157,8 @@ def load_samples(task: str, n: Optional[int], split: str = "test", seed: int = 0
         samples = [{"id": p["task_id"], "prompt": HUMANEVAL_INSTRUCTION + p["prompt"], "reference": p}
                    for p in problems]
     if n is not None and len(samples) < n:
-        raise ValueError(f"task {task!r} (split {split!r}) has only {len(samples)} problems, {n} were asked for")
+        where = "" if task == "humaneval" else f" (split {split!r})"
+        raise ValueError(f"task {task!r}{where} has only {len(samples)} problems, {n} were asked for")
     return samples
 
 

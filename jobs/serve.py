@@ -1,0 +1,125 @@
+"""`medlm serve` / `python -m jobs.serve`: put the ME-DLM HTTP app (pipeline.serve) on Ray Serve.
+
+    medlm serve --checkpoint CKPT [--port 8000] [--host 127.0.0.1] [key=value ...]
+    ray job submit --working-dir . -- python -m jobs.serve --config jobs/configs/serve.yaml \\
+        app.checkpoint=/mnt/models/medlm host=0.0.0.0 detach=true
+
+On a laptop it starts a local Ray, deploys, prints the URL and blocks until Ctrl-C. With RAY_ADDRESS
+set (as under `ray job submit`) it deploys onto that cluster; ``detach=true`` then ends the job once
+the app answers, leaving the app running (Serve apps outlive the driver that deployed them).
+``app.*`` keys are the app's arguments (pipeline.serve_api.ServeArgs); a typo there or anywhere in
+the config stops the command before Ray starts, naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobs.config import ConfigError, load_config
+
+PREFIX = "[medlm serve]"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "serve.yaml"
+
+
+@dataclass
+class ServeJobConfig:
+    host: str = "127.0.0.1"  # 0.0.0.0 only where the port must be reachable from other machines
+    port: int = 8000
+    app_name: str = "medlm"
+    route_prefix: str = "/"
+    detach: bool = False  # deploy, wait until it answers, exit (for `ray job submit`)
+    num_cpus: int | None = None  # CPUs of a local Ray started here; None: all of them
+    app: dict = field(default_factory=dict)  # build_app args, see pipeline.serve_api.ServeArgs
+
+
+def _say(message: str) -> None:
+    print(f"{PREFIX} {message}", flush=True)
+
+
+def build_config(argv: list[str]) -> ServeJobConfig:
+    ap = argparse.ArgumentParser(prog="medlm serve", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help=f"YAML config (default {DEFAULT_CONFIG.name})")
+    ap.add_argument("--checkpoint", help="medlm checkpoint directory (same as app.checkpoint=...)")
+    ap.add_argument("--host")
+    ap.add_argument("--port", type=int)
+    ap.add_argument("--detach", action="store_true", help="deploy and exit instead of blocking")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. app.max_batch_size=8")
+    args = ap.parse_args(argv)
+    flags = []
+    if args.checkpoint:
+        flags.append(f"app.checkpoint={json.dumps(args.checkpoint)}")
+    if args.host:
+        flags.append(f"host={json.dumps(args.host)}")
+    if args.port is not None:
+        flags.append(f"port={args.port}")
+    if args.detach:
+        flags.append("detach=true")
+    return load_config(args.config, list(args.overrides) + flags, ServeJobConfig)
+
+
+def check_app_args(cfg: ServeJobConfig) -> dict:
+    """Validate the app arguments here, before Ray starts; a local checkpoint must exist."""
+    from medlm.checkpoint import check_checkpoint_dir
+    from pipeline.serve_api import ServeArgs
+
+    if not cfg.app.get("checkpoint"):
+        raise ConfigError("no checkpoint: pass --checkpoint DIR (or app.checkpoint=DIR)")
+    args = ServeArgs.parse(cfg.app).model_dump(exclude_none=True)
+    if not os.environ.get("RAY_ADDRESS"):  # on a cluster the path may exist only on the GPU workers
+        args["checkpoint"] = str(check_checkpoint_dir(args["checkpoint"]).resolve())
+    return args
+
+
+def _interrupt(signum, frame) -> None:
+    """`kill PID` (SIGTERM) shuts the app and the local Ray down as cleanly as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def cli(argv: list[str]) -> int:
+    try:
+        cfg = build_config(argv)
+        app_args = check_app_args(cfg)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"{PREFIX} error: {e}", flush=True)
+        return 2
+
+    import ray
+    from ray import serve
+
+    from pipeline.serve import run_local
+
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"])
+        _say(f"connected to Ray at {os.environ['RAY_ADDRESS']}")
+    else:
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False)
+        _say(f"started a local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
+    _say(f"deploying {app_args['checkpoint']} (loading the model on each replica) ...")
+    url = run_local(app_args, host=cfg.host, port=cfg.port, app_name=cfg.app_name, route_prefix=cfg.route_prefix)
+    _say(f"ready at {url}  (POST /v1/refine, /v1/chat/completions, /v1/completions; GET /v1/models, /docs)")
+    _say(f"try: curl -s {url}/v1/refine -H 'Content-Type: application/json' -d '{{\"prompt\": \"What is 3 + 4?\"}}'")
+    if cfg.detach:
+        _say(f"detached: the app keeps running; stop it with `serve shutdown` or serve.delete({cfg.app_name!r})")
+        return 0
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        _say("shutting down")
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(cli(sys.argv[1:]))

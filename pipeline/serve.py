@@ -1,0 +1,364 @@
+"""ME-DLM on Ray Serve: one model per replica; concurrent requests decode as one packed batch.
+
+``build_app(args)`` is the Serve import path (``pipeline.serve:build_app`` in cluster/serve.yaml).
+Each replica loads the checkpoint once, checks and tokenizes requests on its event loop, and hands
+them to a ``@serve.batch`` method that decodes every waiting request in one
+:func:`medlm.sampling.generate` call: the sampler packs variable-length sequences without shared
+padding and seeds each request on its own, so a request decodes the same alone or batched. The
+forward passes run in a worker thread, so the event loop keeps accepting requests (which form the
+next batch), answering health checks and streaming the drafts and edit steps of running requests.
+
+Routes (request and reply shapes in :mod:`pipeline.serve_api`):
+    POST /v1/refine              native: draft + edit refinement, optional SSE stream of every step
+    POST /v1/chat/completions    OpenAI-compatible (step budgets as extra body fields)
+    POST /v1/completions         OpenAI-compatible
+    GET  /v1/models, GET /health
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI must see the route annotations as classes
+# (as strings, Serve's ingress wrapper leaves them unresolved and bodies turn into query parameters).
+import asyncio
+import json
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Optional
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from medlm.checkpoint import check_checkpoint_dir, checkpoint_hash, load_checkpoint
+from medlm.sampling import DecodeConfig, DecodeResult, generate
+from medlm.tokenizer import decode_response, special_ids
+from pipeline.serve_api import (
+    ApiError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    Limits,
+    Outcome,
+    RefineRequest,
+    ServeArgs,
+    chat_chunk,
+    chat_completion_reply,
+    completion_chunk,
+    completion_reply,
+    decode_config,
+    describe_validation_errors,
+    new_id,
+    prompt_ids,
+    refine_reply,
+    usage_chunk,
+)
+
+logger = logging.getLogger("ray.serve")
+
+DEPLOYMENT_NAME = "MedlmServer"
+UNHEALTHY_AFTER_FAILED_BATCHES = 3
+
+api = FastAPI(title="ME-DLM refinement server", docs_url="/docs", redoc_url=None)
+
+
+# ---------------------------------------------------------------- errors: always JSON, never a crash
+
+
+@api.exception_handler(RequestValidationError)
+async def _on_invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    err = describe_validation_errors(exc.errors())
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+@api.exception_handler(ApiError)
+async def _on_api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    return JSONResponse(ApiError(exc.status_code, message, None, code).body(), status_code=exc.status_code)
+
+
+@api.exception_handler(Exception)
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error on %s %s", request.method, request.url.path)
+    err = ApiError(500, f"internal error: {type(exc).__name__}: {exc}", None, "internal_error")
+    return JSONResponse(err.body(), status_code=500)
+
+
+# ---------------------------------------------------------------- batching
+
+
+class EventSink:
+    """Carries stream events from the decoding thread to the request's event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def put(self, event: dict) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    async def drain(self, task: asyncio.Future) -> AsyncIterator[dict]:
+        """Yield events until ``task`` is done and every event it produced has been read."""
+        while not (task.done() and self.queue.empty()):
+            getter = asyncio.ensure_future(self.queue.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield getter.result()
+            else:
+                getter.cancel()
+
+
+@dataclass
+class DecodeJob:
+    prompt_ids: list[int]
+    config: DecodeConfig
+    events: Optional[EventSink] = None
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class JobResult:
+    result: DecodeResult
+    timing: dict
+
+
+def sse(payload) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n"
+
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+# ---------------------------------------------------------------- the deployment
+
+
+@serve.deployment(
+    name=DEPLOYMENT_NAME,
+    max_ongoing_requests=32,  # 2 x max_batch_size: one batch decoding, the next one forming
+    max_queued_requests=256,  # beyond this the proxy answers 503 instead of queueing without bound
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+)
+@serve.ingress(api)
+class MedlmServer:
+    def __init__(self, args: dict):
+        self.args = ServeArgs.parse(args)
+        if self.args.torch_threads:
+            torch.set_num_threads(self.args.torch_threads)
+        device = self.args.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model, self.tokenizer = load_checkpoint(self.args.checkpoint, device=device)
+        self.special = special_ids(self.tokenizer)
+        self.limits = Limits.from_args(self.args, self.model.config.max_position_embeddings)
+        self.checkpoint_hash = checkpoint_hash(self.args.checkpoint)
+        self.created = int(time.time())
+        self.failed_batches = 0
+        self.decode_batch.set_max_batch_size(self.args.max_batch_size)
+        self.decode_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        # one tiny decode so the first real request does not pay for lazy initialisation
+        generate(self.model, [[self.special.im_start]], DecodeConfig(gen_len=2, mask_steps=1, edit_steps=1), self.special)
+        logger.info("medlm replica ready: %s (%s) on %s", self.args.model_name, self.checkpoint_hash, device)
+
+    async def check_health(self) -> None:
+        """Serve replaces a replica whose batches keep failing (e.g. a broken accelerator context)."""
+        if self.failed_batches >= UNHEALTHY_AFTER_FAILED_BATCHES:
+            raise RuntimeError(f"the last {self.failed_batches} decode batches failed")
+
+    # ------------------------------------------------------------ decoding
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def decode_batch(self, jobs: list[DecodeJob]) -> list[JobResult]:
+        try:
+            results = await asyncio.to_thread(self._decode, jobs)
+        except Exception:
+            self.failed_batches += 1
+            raise
+        self.failed_batches = 0
+        return results
+
+    def _decode(self, jobs: list[DecodeJob]) -> list[JobResult]:
+        started = time.perf_counter()
+        streaming = any(j.events is not None for j in jobs)
+
+        def on_draft(i: int, ids: list[int]) -> None:
+            if jobs[i].events is not None:
+                jobs[i].events.put({"type": "draft", "text": decode_response(self.tokenizer, ids), "tokens": len(ids)})
+
+        def on_edit_step(i: int, step: int, ids: list[int]) -> None:
+            if jobs[i].events is not None:
+                jobs[i].events.put({"type": "edit", "step": step, "text": decode_response(self.tokenizer, ids),
+                                    "tokens": len(ids)})
+
+        results = generate(
+            self.model, [j.prompt_ids for j in jobs], [j.config for j in jobs], self.special,
+            on_draft=on_draft if streaming else None, on_edit_step=on_edit_step if streaming else None,
+        )
+        n = len(jobs)
+        # generate() reports each phase's time divided by the batch size; a request waits for all of it
+        return [
+            JobResult(r, {"queue_s": round(started - j.enqueued_at, 6), "mask_s": round(r.mask_time_s * n, 6),
+                          "edit_s": round(r.edit_time_s * n, 6), "batch_size": n})
+            for j, r in zip(jobs, results)
+        ]
+
+    async def _run(self, job: DecodeJob, t0: float, stops=()) -> Outcome:
+        done = await self.decode_batch(job)
+        return self._outcome(job, done, t0, stops)
+
+    def _outcome(self, job: DecodeJob, done: JobResult, t0: float, stops=()) -> Outcome:
+        timing = {**done.timing, "total_s": round(time.perf_counter() - t0, 6)}
+        return Outcome.build(done.result, job.config, self.tokenizer, self.special, len(job.prompt_ids), timing, stops)
+
+    def _check_model(self, name: Optional[str]) -> str:
+        if name is not None and name != self.args.model_name:
+            raise ApiError(404, f"model {name!r} is not served here; available: {self.args.model_name!r}",
+                           "model", "model_not_found")
+        return self.args.model_name
+
+    # ------------------------------------------------------------ routes
+
+    @api.get("/health")
+    async def health(self) -> dict:
+        ctx = serve.get_replica_context()
+        return {"status": "ok", "model": self.args.model_name, "checkpoint_hash": self.checkpoint_hash,
+                "replica": ctx.replica_id.unique_id}
+
+    @api.get("/v1/models")
+    async def models(self) -> dict:
+        return {"object": "list", "data": [{
+            "id": self.args.model_name, "object": "model", "created": self.created, "owned_by": "medlm",
+            "checkpoint_hash": self.checkpoint_hash, "max_batch_size": self.args.max_batch_size,
+            "limits": self.limits.public(),
+        }]}
+
+    @api.post("/v1/refine")
+    async def refine(self, req: RefineRequest):
+        t0 = time.perf_counter()
+        req.check()
+        model = self._check_model(req.model)
+        ids = prompt_ids(self.tokenizer, self.limits, prompt=req.prompt, messages=req.messages)
+        job = DecodeJob(ids, decode_config(req, req.max_new_tokens, len(ids), self.limits, "max_new_tokens"))
+        rid = new_id("refine")
+        if not req.stream:
+            return refine_reply(rid, model, await self._run(job, t0), req.return_draft)
+        job.events = EventSink()
+        return StreamingResponse(self._refine_events(rid, model, job, t0, req.return_draft),
+                                 media_type="text/event-stream", headers=SSE_HEADERS)
+
+    async def _refine_events(self, rid: str, model: str, job: DecodeJob, t0: float, return_draft: bool):
+        """SSE: the draft, the text after every edit step that changed it, the full reply, [DONE]."""
+        task = asyncio.ensure_future(self.decode_batch(job))
+        try:
+            async for event in job.events.drain(task):
+                yield sse({"id": rid, **event})
+            out = self._outcome(job, task.result(), t0)
+            yield sse({"type": "final", **refine_reply(rid, model, out, return_draft)})
+        except Exception as e:  # headers are sent already: report in-band
+            logger.exception("stream %s failed", rid)
+            yield sse({"type": "error", **ApiError(500, f"decoding failed: {e}", None, "internal_error").body()})
+        yield sse("[DONE]")
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, req: ChatCompletionRequest):
+        t0 = time.perf_counter()
+        req.check()
+        model = self._check_model(req.model)
+        ids = prompt_ids(self.tokenizer, self.limits, messages=req.messages)
+        new_tokens_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        job = DecodeJob(ids, decode_config(req, req.new_tokens(), len(ids), self.limits, new_tokens_param))
+        rid = new_id("chatcmpl")
+        if not req.stream:
+            return chat_completion_reply(rid, model, await self._run(job, t0, req.stops()))
+        return StreamingResponse(self._openai_events(rid, model, job, t0, req, chat=True),
+                                 media_type="text/event-stream", headers=SSE_HEADERS)
+
+    @api.post("/v1/completions")
+    async def completions(self, req: CompletionRequest):
+        t0 = time.perf_counter()
+        req.check()
+        model = self._check_model(req.model)
+        ids = prompt_ids(self.tokenizer, self.limits, prompt=req.prompt)
+        job = DecodeJob(ids, decode_config(req, req.new_tokens(), len(ids), self.limits, "max_tokens"))
+        rid = new_id("cmpl")
+        if not req.stream:
+            return completion_reply(rid, model, await self._run(job, t0, req.stops()))
+        return StreamingResponse(self._openai_events(rid, model, job, t0, req, chat=False),
+                                 media_type="text/event-stream", headers=SSE_HEADERS)
+
+    async def _openai_events(self, rid: str, model: str, job: DecodeJob, t0: float, req, chat: bool):
+        """OpenAI chunks. Edits rewrite earlier text, which append-only deltas cannot express, so the
+        text arrives as one delta once refinement ends; /v1/refine streams the intermediate steps."""
+        created = int(time.time())
+        usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        def chunk(content: Optional[str], finish: Optional[str] = None, role: bool = False) -> dict:
+            if chat:
+                delta = {"role": "assistant", "content": ""} if role else ({"content": content} if content else {})
+                return chat_chunk(rid, model, created, delta, finish, usage)
+            return completion_chunk(rid, model, created, content or "", finish, usage)
+
+        if chat:
+            yield sse(chunk(None, role=True))  # headers and the role go out before decoding starts
+        try:
+            out = await self._run(job, t0, req.stops())
+            if out.text:
+                yield sse(chunk(out.text))
+            yield sse(chunk(None, out.finish_reason))
+            if usage:
+                yield sse(usage_chunk(rid, model, created, "chat.completion.chunk" if chat else "text_completion", out))
+        except Exception as e:
+            logger.exception("stream %s failed", rid)
+            yield sse(ApiError(500, f"decoding failed: {e}", None, "internal_error").body())
+        yield sse("[DONE]")
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def build_app(args: dict) -> serve.Application:
+    """Serve import path: ``args`` as in :class:`pipeline.serve_api.ServeArgs` (``checkpoint`` required).
+
+    Deployment options given in ``args`` override the code defaults; a Serve config file's
+    ``deployments:`` section overrides both.
+    """
+    parsed = ServeArgs.parse(args)
+    options = {k: getattr(parsed, k) for k in ("num_replicas", "max_ongoing_requests", "max_queued_requests",
+                                                "health_check_period_s", "health_check_timeout_s")
+               if getattr(parsed, k) is not None}
+    actor = {k: getattr(parsed, k) for k in ("num_cpus", "num_gpus") if getattr(parsed, k) is not None}
+    if actor:
+        options["ray_actor_options"] = actor
+    return MedlmServer.options(**options).bind(parsed.model_dump())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def run_local(args: dict, host: str = "127.0.0.1", port: int = 8000, app_name: str = "medlm",
+              route_prefix: str = "/") -> str:
+    """Start Serve's HTTP proxy on ``host:port`` (``port=0``: a free one), deploy the app, wait until
+    it answers, and return its base URL. Connects to the running Ray (or ``RAY_ADDRESS``), else
+    starts a local one."""
+    import ray
+
+    if args.get("checkpoint"):  # a local path: fail here, by name, before any replica tries
+        args = {**args, "checkpoint": str(check_checkpoint_dir(args["checkpoint"]).resolve())}
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False)
+    port = port or free_port(host)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(args), name=app_name, route_prefix=route_prefix)
+    prefix = "" if route_prefix == "/" else route_prefix.rstrip("/")
+    return f"http://{host}:{port}{prefix}"

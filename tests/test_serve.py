@@ -1,0 +1,295 @@
+"""The Ray Serve app over real HTTP: native + OpenAI APIs, SSE, bad input, batching, overload, recovery.
+
+One local Ray (2 CPUs) and one real ``serve.run`` of a tiny random checkpoint serve the whole module;
+a second, deliberately tight app shows overload answered with 503. Texts from a random model are
+gibberish, so tests check shapes, counts, determinism and status codes, never wording.
+"""
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import ray
+import yaml
+from ray import serve
+
+from jobs import init_model
+from jobs.serve import build_config, check_app_args
+from medlm.tokenizer import stdlib_corpus, train_tokenizer
+from pipeline.serve import DEPLOYMENT_NAME, build_app, free_port, run_local
+from pipeline.serve_api import ServeArgs, default_steps
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_BUDGET = {"max_new_tokens": 8, "mask_steps": 2, "edit_steps": 1}
+APP_ARGS = {
+    "max_batch_size": 16,
+    "batch_wait_timeout_s": 0.1,  # wide enough that requests sent together share a batch
+    "max_prompt_tokens": 96,
+    "num_cpus": 0.5,
+    "health_check_period_s": 1.0,  # notice a killed replica quickly
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """`medlm init --preset tiny` with a tokenizer trained on a small slice (the server does not care
+    which byte-level BPE it gets; the default one takes longer to train on a busy 2-core machine)."""
+    root = tmp_path_factory.mktemp("serve")
+    train_tokenizer(stdlib_corpus(max_files=6, max_chars=4000), vocab_size=512).save_pretrained(str(root / "tok"))
+    assert init_model.cli(["--preset", "tiny", "--out", str(root / "ckpt"), "--tokenizer", str(root / "tok")]) == 0
+    return root / "ckpt"
+
+
+@pytest.fixture(scope="module")
+def url(checkpoint) -> str:
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        yield run_local({"checkpoint": str(checkpoint), **APP_ARGS}, port=free_port())
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    with httpx.Client(base_url=url, timeout=120) as c:
+        yield c
+
+
+def replica_id(client) -> str:
+    r = client.get("/health")
+    assert r.status_code == 200, r.text
+    return r.json()["replica"]
+
+
+def refine(client, **body) -> dict:
+    r = client.post("/v1/refine", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def post_all(url: str, path: str, bodies: list[dict]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=180) as c:
+        return await asyncio.gather(*(c.post(path, json=b) for b in bodies))
+
+
+def sse_events(client, path: str, body: dict) -> list:
+    """Read a whole SSE stream; JSON events decoded, the closing ``[DONE]`` kept as a string."""
+    events = []
+    with client.stream("POST", path, json=body) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                data = line[len("data: "):]
+                events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+# ---------------------------------------------------------------- configs (no Ray)
+
+
+def test_serve_configs_match_the_app_arguments(checkpoint):
+    cluster = yaml.safe_load((REPO / "cluster" / "serve.yaml").read_text())
+    (app,) = [a for a in cluster["applications"] if a["import_path"] == "pipeline.serve:build_app"]
+    assert ServeArgs.parse(app["args"]).checkpoint == app["args"]["checkpoint"]
+    assert [d["name"] for d in app["deployments"]] == [DEPLOYMENT_NAME]
+    cfg = build_config(["--checkpoint", str(checkpoint), "app.max_batch_size=4"])
+    assert cfg.host == "127.0.0.1" and check_app_args(cfg)["max_batch_size"] == 4
+    with pytest.raises(ValueError, match="max_batch_sise"):
+        ServeArgs.parse({"checkpoint": "x", "max_batch_sise": 4})
+    assert default_steps(64) == (16, 4) and default_steps(1) == (1, 1)
+
+
+# ---------------------------------------------------------------- native API
+
+
+def test_models_and_health(client):
+    (model,) = client.get("/v1/models").json()["data"]
+    assert model["id"] == "medlm" and model["limits"]["max_prompt_tokens"] == 96
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_refine_reports_text_draft_steps_edits_and_defaults(client):
+    out = refine(client, prompt="What is 3 + 4?", return_draft=True, seed=3)
+    assert out["budget"] == {"max_new_tokens": 64, "mask_steps": 16, "edit_steps": 4, "threshold": None,
+                             "max_edits_per_step": None, "temperature": 0.0, "seed": 3}
+    assert isinstance(out["text"], str) and isinstance(out["draft"], str)
+    nfe = out["nfe"]
+    assert 1 <= nfe["mask"] <= 16 and 0 <= nfe["edit"] <= 4 and nfe["total"] == nfe["mask"] + nfe["edit"]
+    assert set(out["edits"]) == {"replace", "delete", "insert"}
+    assert 0 <= out["usage"]["completion_tokens"] <= 64
+    assert out["usage"]["total_tokens"] == out["usage"]["prompt_tokens"] + out["usage"]["completion_tokens"]
+    assert out["timing"]["total_s"] >= out["timing"]["mask_s"] > 0
+    chat = refine(client, messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+                  **TINY_BUDGET)
+    assert "draft" not in chat and chat["nfe"]["mask"] <= 2 and chat["usage"]["prompt_tokens"] > out["usage"]["prompt_tokens"] - 20
+
+
+def test_refine_stream_shows_draft_then_each_edit_then_final(client):
+    body = {"prompt": "Count to five.", "max_new_tokens": 16, "mask_steps": 4, "edit_steps": 3, "seed": 5}
+    events = sse_events(client, "/v1/refine", {**body, "stream": True})
+    assert events[-1] == "[DONE]"
+    kinds = [e["type"] for e in events[:-1]]
+    assert kinds[0] == "draft" and kinds[-1] == "final" and set(kinds[1:-1]) <= {"edit"}
+    final = events[-2]
+    edits = [e for e in events if isinstance(e, dict) and e["type"] == "edit"]
+    assert [e["step"] for e in edits] == list(range(1, len(edits) + 1))
+    assert len(edits) <= final["nfe"]["edit"] <= 3
+    assert final["text"] == (edits[-1]["text"] if edits else events[0]["text"])
+    assert final["text"] == refine(client, **body)["text"]  # streaming changes nothing
+
+
+# ---------------------------------------------------------------- OpenAI-compatible API
+
+
+def test_openai_client_chat_completions_and_models(url):
+    oa = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in oa.models.list().data] == ["medlm"]
+    msgs = [{"role": "user", "content": "What is 2 + 2?"}]
+    extra = {"mask_steps": 4, "edit_steps": 2}
+    chat = oa.chat.completions.create(model="medlm", messages=msgs, max_tokens=12, seed=1, temperature=0,
+                                      extra_body=extra)
+    assert chat.choices[0].message.role == "assistant"
+    assert chat.choices[0].finish_reason in ("stop", "length")
+    assert chat.usage.completion_tokens <= 12 and chat.usage.prompt_tokens > 0
+    assert chat.model_extra["medlm"]["nfe"]["mask"] <= 4
+    stream = oa.chat.completions.create(model="medlm", messages=msgs, max_tokens=12, seed=1, extra_body=extra,
+                                        stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == chat.choices[0].message.content
+    assert chunks[-1].usage.total_tokens == chat.usage.total_tokens
+    done = oa.completions.create(model="medlm", prompt="Say hi", max_tokens=8, seed=2, extra_body=extra)
+    assert done.object == "text_completion" and done.usage.completion_tokens <= 8
+    streamed = "".join(c.choices[0].text for c in oa.completions.create(
+        model="medlm", prompt="Say hi", max_tokens=8, seed=2, extra_body=extra, stream=True))
+    assert streamed == done.choices[0].text
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        oa.chat.completions.create(model="gpt-4o", messages=msgs)
+    with pytest.raises(openai.BadRequestError, match="edit_steps"):
+        oa.chat.completions.create(model="medlm", messages=msgs, extra_body={"edit_steps": -1})
+
+
+# ---------------------------------------------------------------- bad input: 4xx naming the field, no crash
+
+LONG_WORDS = " ".join(f"word{i}" for i in range(200))  # > 96 prompt tokens, < 96 * 32 characters
+CHAT = "/v1/chat/completions"
+BAD_INPUTS = [
+    ("/v1/refine", '{"prompt": "hi", ', 400, "body"),
+    ("/v1/refine", "[1, 2]", 400, "body"),
+    ("/v1/refine", {"prompt": "hi", "max_new_token": 8}, 400, "max_new_token"),
+    ("/v1/refine", {"prompt": "hi", "max_new_tokens": "8"}, 400, "max_new_tokens"),
+    ("/v1/refine", {"prompt": "hi", "stream": "yes"}, 400, "stream"),
+    ("/v1/refine", {"prompt": 42}, 400, "prompt"),
+    ("/v1/refine", {"prompt": ""}, 400, "prompt"),
+    ("/v1/refine", {"prompt": "   \n"}, 400, "prompt"),
+    ("/v1/refine", {}, 400, "prompt"),
+    ("/v1/refine", {"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}, 400, "messages"),
+    ("/v1/refine", {"prompt": LONG_WORDS}, 400, "prompt"),
+    ("/v1/refine", {"prompt": "x" * 10_000}, 400, "prompt"),
+    ("/v1/refine", {"prompt": "hi", "max_new_tokens": 250}, 400, "max_new_tokens"),
+    ("/v1/refine", {"prompt": "hi", "max_new_tokens": 0}, 400, "max_new_tokens"),
+    ("/v1/refine", {"prompt": "hi", "mask_steps": -1}, 400, "mask_steps"),
+    ("/v1/refine", {"prompt": "hi", "edit_steps": -2}, 400, "edit_steps"),
+    ("/v1/refine", {"prompt": "hi", "mask_steps": 10**9}, 400, "mask_steps"),
+    ("/v1/refine", {"prompt": "hi", "edit_steps": 10**6}, 400, "edit_steps"),
+    ("/v1/refine", {"prompt": "hi", "threshold": 1.5}, 400, "threshold"),
+    ("/v1/refine", {"prompt": "hi", "seed": -1}, 400, "seed"),
+    ("/v1/refine", {"prompt": "hi", "temperature": 9}, 400, "temperature"),
+    ("/v1/refine", {"prompt": "hi", "model": "gpt-4"}, 404, "model"),
+    (CHAT, {"model": "medlm"}, 400, "messages"),
+    (CHAT, {"messages": [{"role": "user", "content": "hi"}]}, 400, "model"),
+    (CHAT, {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
+    (CHAT, {"model": "medlm", "messages": []}, 400, "messages"),
+    (CHAT, {"model": "medlm", "messages": [{"role": "user", "content": ""}]}, 400, "messages"),
+    (CHAT, {"model": "medlm", "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0].role"),
+    (CHAT, {"model": "medlm", "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n"),
+    (CHAT, {"model": "medlm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}, 400, "max_tokens"),
+    (CHAT, {"model": "medlm", "messages": [{"role": "user", "content": "hi"}], "logprobs": True}, 400, "logprobs"),
+    ("/v1/completions", {"model": "medlm", "prompt": ["a", "b"]}, 400, "prompt"),
+]
+
+
+def test_bad_input_gets_4xx_naming_the_field_and_the_replica_survives(client):
+    before = replica_id(client)
+    for path, body, status, param in BAD_INPUTS:
+        if isinstance(body, str):
+            r = client.post(path, content=body, headers={"Content-Type": "application/json"})
+        else:
+            r = client.post(path, json=body)
+        assert r.status_code == status, (path, body, r.text)
+        err = r.json()["error"]
+        assert err["param"] == param, (body, err)
+        assert err["message"] and err["type"] == "invalid_request_error"
+    assert client.get("/v1/refine").status_code == 405
+    assert client.get("/v2/nothing").json()["error"]["code"] == "not_found"
+    assert client.post("/v1/refine", content=b'{"prompt": "hi"}').json()["error"]["param"] == "body"  # no JSON type
+    assert replica_id(client) == before  # nothing crashed or restarted the replica
+    assert refine(client, prompt="still fine?", **TINY_BUDGET)["nfe"]["mask"] <= 2
+
+
+# ---------------------------------------------------------------- batching
+
+
+def test_seeded_request_returns_the_same_text_alone_or_batched(url, client):
+    target = {"prompt": "Name three colours.", "max_new_tokens": 24, "mask_steps": 6, "edit_steps": 3,
+              "seed": 7, "temperature": 0.9}
+    alone = refine(client, **target)
+    others = [{"prompt": f"Question {i}: " + "why " * i, "max_new_tokens": 8 + 4 * i, "mask_steps": 2 + i,
+               "edit_steps": i % 3, "seed": i, "temperature": 0.5 * (i % 2)} for i in range(7)]
+    replies = asyncio.run(post_all(url, "/v1/refine", [target] + others))
+    assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
+    batched = replies[0].json()
+    assert batched["timing"]["batch_size"] >= 2, "the target request was not batched with others"
+    assert batched["text"] == alone["text"]
+    assert batched["nfe"] == alone["nfe"] and batched["edits"] == alone["edits"]
+
+
+def test_64_concurrent_requests_all_succeed_in_batches(url):
+    bodies = [{"prompt": f"Request number {i}", "seed": i, **TINY_BUDGET} for i in range(64)]
+    replies = asyncio.run(post_all(url, "/v1/refine", bodies))
+    assert [r.status_code for r in replies] == [200] * 64, [r.text for r in replies if r.status_code != 200][:3]
+    outs = [r.json() for r in replies]
+    assert all(o["nfe"]["mask"] <= 2 and o["usage"]["completion_tokens"] <= 8 for o in outs)
+    assert max(o["timing"]["batch_size"] for o in outs) > 1
+
+
+def test_overload_is_answered_with_503_not_a_pile_up(checkpoint, url):
+    """A deliberately tight app: one request decoding and one queued; the rest are turned away."""
+    tight = {"checkpoint": str(checkpoint), "num_cpus": 0.5, "max_batch_size": 1,
+             "max_ongoing_requests": 1, "max_queued_requests": 1}
+    serve.run(build_app(tight), name="tight", route_prefix="/tight")
+    try:
+        body = {"prompt": "slow please", "max_new_tokens": 48, "mask_steps": 24, "edit_steps": 4}
+        codes = [r.status_code for r in asyncio.run(post_all(url, "/tight/v1/refine", [body] * 10))]
+        assert set(codes) <= {200, 503}, codes
+        assert 503 in codes and 200 in codes, codes
+    finally:
+        serve.delete("tight")
+
+
+# ---------------------------------------------------------------- recovery (last: it replaces the replica)
+
+
+def test_a_killed_replica_is_replaced_and_the_service_answers_again(client):
+    before = replica_id(client)
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].endswith(f"medlm#{DEPLOYMENT_NAME}#{before}")]
+    assert len(names) == 1, names
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+    deadline, after = time.monotonic() + 90, None
+    while time.monotonic() < deadline:
+        try:
+            r = client.get("/health", timeout=5)
+            if r.status_code == 200 and r.json()["replica"] != before:
+                after = r.json()["replica"]
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    assert after is not None, "no new replica answered within 90 s"
+    assert refine(client, prompt="back again?", **TINY_BUDGET)["timing"]["batch_size"] >= 1

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from transformers.utils import logging as hf_logging
 
 from medlm.modeling import MedlmConfig, MedlmForEditing
@@ -43,8 +44,15 @@ def check_checkpoint_dir(path: str | Path) -> Path:
             f"{path} holds a checkpoint of architecture {cfg.get('model_type') or cfg.get('architectures')!r}, "
             f"not {MedlmConfig.model_type!r}{hint}"
         )
-    if not any(path.glob("*.safetensors")):
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
         raise FileNotFoundError(f"{path} has no .safetensors weights")
+    names: set[str] = set()
+    for f in weights:
+        with safe_open(str(f), framework="pt") as fh:
+            names.update(fh.keys())
+    if "insert_head.weight" not in names:
+        raise ValueError(f"{path} has no insertion head (insert_head.weight): it cannot refine drafts")
     return path
 
 
@@ -54,8 +62,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype:
     hf_logging.disable_progress_bar()
     model = MedlmForEditing.from_pretrained(str(path), dtype=dtype or torch.float32)
     model.to(device).eval()
-    if not hasattr(model, "insert_head"):
-        raise ValueError(f"{path}: model has no insertion head")
     tokenizer = load_tokenizer(path)
     sp = special_ids(tokenizer)
     if sp.mask != model.config.mask_token_id or sp.delete != model.config.del_token_id:

@@ -77,7 +77,7 @@ def stdlib_corpus(max_files: int = 60, max_chars: int = 20_000) -> Iterator[str]
             continue
 
 
-def default_corpus(n_problems: int = 4000, seed: int = 0) -> Iterator[str]:
+def default_corpus(n_problems: int = 300, seed: int = 0) -> Iterator[str]:
     """Toy word problems (all solution phrasings) followed by standard-library code."""
     from medlm.tasks.toy import corpus_text
 

@@ -1,0 +1,177 @@
+"""The two compute stages of the draft pipeline: draft (model, actor pool) and align (CPU tasks).
+
+Draft: each row's recipe comes from (run seed, row id) (see ``pipeline.recipe``); rows of a Ray batch
+are packed into forward passes of at most ``tokens_per_forward`` tokens (packed attention on CPU
+materialises a T x T mask, so one huge pack is slower than a few moderate ones) and drafted with
+``medlm.sampling.mask_diffusion`` + ``strip_padding``, then, for "intermediate" rows, refined by a
+few ``edit_refine`` steps. The samplers decode each sequence independently of its pack-mates, so a
+row's draft does not depend on which batch or actor it landed in.
+
+Align: label each draft against the closest valid reference (fewest token edits; ties go to the
+earlier reference, so the canonical answer wins) with ``medlm.edits``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence
+
+import pyarrow as pa
+
+from medlm.edits import count_edits, edit_distance, edit_labels_batch
+from medlm.sampling import DecodeConfig, edit_refine, mask_diffusion, strip_padding
+from pipeline.recipe import DraftRecipe, row_recipe
+from pipeline.shards import DRAFT_SCHEMA
+
+DRAFTED_COLUMNS = pa.schema(
+    [
+        ("draft_ids", pa.list_(pa.int32())),
+        ("tokens_per_step", pa.int32()),
+        ("mask_steps", pa.int32()),
+        ("edit_steps", pa.int32()),
+        ("edit_steps_applied", pa.int32()),
+        ("draft_seed", pa.int64()),
+    ]
+)
+CARRIED_COLUMNS = ["id", "source_format", "source_index", "record_no", "prompt_text", "prompt_ids", "answers_text", "answers_ids"]
+
+
+def pack_groups(lengths: Sequence[int], tokens_per_forward: int) -> list[list[int]]:
+    """Consecutive index groups whose total length stays within the budget (at least one row each)."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for i, n in enumerate(lengths):
+        if current and used + n > tokens_per_forward:
+            groups.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += n
+    if current:
+        groups.append(current)
+    return groups
+
+
+def draft_rows(
+    model, special, prompts: list[list[int]], row_ids: list[str], recipe: DraftRecipe, tokens_per_forward: int
+) -> dict[str, list]:
+    """Drafts (after optional intermediate edits) and the recipe values of each row."""
+    recipes = [row_recipe(recipe, rid) for rid in row_ids]
+    configs = [
+        DecodeConfig(
+            gen_len=recipe.gen_len,
+            mask_steps=r.mask_steps,
+            edit_steps=r.edit_steps,
+            temperature=recipe.temperature,
+            seed=r.draft_seed,
+        )
+        for r in recipes
+    ]
+    drafts: list[list[int]] = [[] for _ in prompts]
+    lengths = [len(p) + recipe.gen_len for p in prompts]
+    for group in pack_groups(lengths, tokens_per_forward):
+        raw = mask_diffusion(model, [prompts[i] for i in group], [configs[i] for i in group], special)
+        for i, (response, _nfe) in zip(group, raw):
+            drafts[i] = strip_padding(response, special)
+    applied = [0] * len(prompts)
+    to_edit = [i for i, c in enumerate(configs) if c.edit_steps > 0]
+    for sub in pack_groups([lengths[i] for i in to_edit], tokens_per_forward):
+        group = [to_edit[k] for k in sub]
+        states = edit_refine(
+            model, [prompts[i] for i in group], [drafts[i] for i in group], [configs[i] for i in group], special
+        )
+        for i, state in zip(group, states):
+            drafts[i] = state.response
+            applied[i] = len(state.history)
+    return {
+        "draft_ids": drafts,
+        "tokens_per_step": [r.tokens_per_step for r in recipes],
+        "mask_steps": [r.mask_steps for r in recipes],
+        "edit_steps": [r.edit_steps for r in recipes],
+        "edit_steps_applied": applied,
+        "draft_seed": [r.draft_seed for r in recipes],
+    }
+
+
+def draft_table(model, special, batch: pa.Table, recipe: DraftRecipe, tokens_per_forward: int) -> pa.Table:
+    drafted = draft_rows(
+        model,
+        special,
+        batch.column("prompt_ids").to_pylist(),
+        batch.column("id").to_pylist(),
+        recipe,
+        tokens_per_forward,
+    )
+    out = batch.select(CARRIED_COLUMNS)
+    for field in DRAFTED_COLUMNS:
+        out = out.append_column(field, pa.array(drafted[field.name], field.type))
+    return out
+
+
+class DraftActor:
+    """Ray Data class UDF: the checkpoint is loaded once per actor, then every batch reuses it."""
+
+    def __init__(
+        self,
+        checkpoint: str,
+        recipe: dict,
+        tokens_per_forward: int,
+        num_threads: int = 1,
+        device: Optional[str] = None,
+    ):
+        import torch
+
+        from medlm.checkpoint import load_checkpoint
+        from medlm.tokenizer import special_ids
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(max(1, int(num_threads)))
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        started = time.perf_counter()
+        self.model, tokenizer = load_checkpoint(checkpoint, device=device, dtype=dtype)
+        self.special = special_ids(tokenizer)
+        self.recipe = DraftRecipe(**{k: v for k, v in recipe.items() if k != "seed_rule"})
+        self.tokens_per_forward = tokens_per_forward
+        self.load_seconds = time.perf_counter() - started
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return draft_table(self.model, self.special, batch, self.recipe, self.tokens_per_forward)
+
+
+def closest_reference(draft: list[int], references: list[list[int]]) -> tuple[int, int]:
+    """(index, token edit distance) of the reference needing the fewest edits; ties -> earliest."""
+    best, best_d = 0, None
+    for i, ref in enumerate(references):
+        d = edit_distance(draft, ref)
+        if best_d is None or d < best_d:
+            best, best_d = i, d
+    return best, int(best_d)
+
+
+def align_table(batch: pa.Table, *, del_id: int) -> pa.Table:
+    """Drafted rows -> DRAFT_SCHEMA rows: closest reference, edit labels, edit counts."""
+    drafts = batch.column("draft_ids").to_pylist()
+    answers_ids = batch.column("answers_ids").to_pylist()
+    answers_text = batch.column("answers_text").to_pylist()
+    chosen = [closest_reference(d, refs) for d, refs in zip(drafts, answers_ids)]
+    targets = [refs[k] for (k, _), refs in zip(chosen, answers_ids)]
+    token_targets, insert_targets = edit_labels_batch(drafts, targets, del_id=del_id)
+    counts = [count_edits(d, t, g, del_id=del_id) for d, t, g in zip(drafts, token_targets, insert_targets)]
+    columns = {name: batch.column(name) for name in DRAFT_SCHEMA.names if name in batch.column_names}
+    columns.update(
+        response_text=[texts[k] for (k, _), texts in zip(chosen, answers_text)],
+        target_ids=targets,
+        token_target=token_targets,
+        insert_target=insert_targets,
+        reference_index=[k for k, _ in chosen],
+        n_references=[len(refs) for refs in answers_ids],
+        edit_distance=[d for _, d in chosen],
+        n_replace=[c[0] for c in counts],
+        n_delete=[c[1] for c in counts],
+        n_insert=[c[2] for c in counts],
+    )
+    arrays = [pa.array(columns[f.name], f.type) if not isinstance(columns[f.name], pa.ChunkedArray)
+              else columns[f.name].cast(f.type) for f in DRAFT_SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=DRAFT_SCHEMA)

@@ -1,0 +1,464 @@
+"""The draft job: sources -> normalise -> draft (actor pool) -> align -> Parquet run, committed atomically.
+
+Ray Data plan::
+
+    read_binary_files -> explode_files -> normalise_records     (CPU tasks; materialised: small, and
+                                                                 duplicate ids need a global view)
+    driver: first occurrence of every id -> rejects.parquet
+    select_rows -> DraftActor (ActorPoolStrategy, model loaded once per actor)
+                -> align_table (CPU tasks) -> write_parquet(explicit schema + provenance metadata)
+    driver: part hashes, row accounting, content hash -> _manifest.json -> _SUCCESS -> rename -> CURRENT
+
+Everything that can stop a job (missing checkpoint, unreadable source, unwritable output, bad
+config) is checked in :func:`plan_run`, before Ray does any work. The default run id is a hash of
+what decides the content (sources, checkpoint, tokenizer, recipe), so rerunning the same command
+finishes an interrupted run or reuses a complete one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from medlm.checkpoint import check_checkpoint_dir, checkpoint_hash
+from medlm.tokenizer import load_tokenizer, special_ids, tokenizer_hash
+from pipeline.recipe import DraftRecipe
+from pipeline.shards import (
+    MANIFEST,
+    REJECTS,
+    SCHEMA_VERSION,
+    SUCCESS,
+    RunLayout,
+    content_hash,
+    describe_parts,
+    open_run,
+    part_filename,
+    schema_with_metadata,
+    write_json_atomic,
+    write_rejects,
+)
+from pipeline.sources import SourceError, SourceFile, resolve_sources
+
+CRASH_HOOK_ENV = "MEDLM_TEST_CRASH_AFTER_PARTS"  # tests: fail after the first part file is hashed
+CONTENT_FIELDS = (  # config fields that decide the rows; the rest (actors, batch sizes...) do not
+    "seed", "gen_len", "tokens_per_step", "intermediate_prob", "max_intermediate_edit_steps",
+    "temperature", "max_response_len",
+)
+
+
+class GenerateError(ValueError):
+    """A problem found before any work: the message names the value and what was expected."""
+
+
+@dataclass
+class GenerateConfig:
+    source: Any = None  # a JSONL/Parquet file, a directory of them, or a list
+    checkpoint: Optional[str] = None
+    output: Optional[str] = None
+    run_id: Optional[str] = None  # default: a hash of sources + checkpoint + recipe
+    seed: int = 0
+    gen_len: int = 64
+    tokens_per_step: list = field(default_factory=lambda: [2, 4, 8, 16])
+    intermediate_prob: float = 0.25
+    max_intermediate_edit_steps: int = 2
+    temperature: float = 0.0
+    max_response_len: Optional[int] = None  # default gen_len; longer references are rejected
+    num_actors: Any = 1  # an int, or [min, max] for an autoscaling pool
+    cpus_per_actor: float = 1.0
+    num_gpus_per_actor: float = 0.0
+    batch_size: int = 16  # rows per draft call
+    tokens_per_forward: int = 2048  # rows of a batch are packed into forward passes of this many tokens
+    # CPUs reserved per align+write task. 0 lets them run beside draft actors that hold every CPU
+    # (one machine); align is light. On a GPU cluster with spare CPUs reserve some (0.5).
+    align_num_cpus: float = 0.0
+    rows_per_file: int = 5000
+    row_group_size: int = 1024
+    force: bool = False  # regenerate even when a complete run with this id exists
+    from_run: Optional[str] = None  # rebuild that run's sources + recipe with `checkpoint`
+
+    def recipe(self) -> DraftRecipe:
+        return DraftRecipe(
+            gen_len=self.gen_len,
+            tokens_per_step=tuple(self.tokens_per_step),
+            intermediate_prob=float(self.intermediate_prob),
+            max_intermediate_edit_steps=self.max_intermediate_edit_steps,
+            temperature=float(self.temperature),
+            seed=self.seed,
+        )
+
+    def pool_size(self) -> tuple[int, int]:
+        n = self.num_actors
+        if isinstance(n, int) and not isinstance(n, bool) and n >= 1:
+            return n, n
+        if isinstance(n, (list, tuple)) and len(n) == 2 and all(isinstance(x, int) for x in n) and 1 <= n[0] <= n[1]:
+            return int(n[0]), int(n[1])
+        raise GenerateError(f"num_actors must be an integer >= 1 or [min, max] with 1 <= min <= max, got {n!r}")
+
+
+@dataclass
+class RunPlan:
+    config: GenerateConfig
+    sources: list[SourceFile]
+    checkpoint: Path
+    checkpoint_hash: str
+    tokenizer_hash: str
+    del_id: int
+    max_positions: int
+    max_response_len: int
+    recipe: DraftRecipe
+    layout: RunLayout
+    run_id: str
+    derived_from: Optional[dict] = None
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    run_dir: Path
+    rows_read: int
+    rows_written: int
+    rows_rejected: int
+    rejected_by_reason: dict
+    content_hash: str
+    reused: bool = False
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        verb = "reused complete run" if self.reused else "wrote run"
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.rejected_by_reason.items())) or "none"
+        return [
+            f"{verb} {self.run_id} in {self.seconds:.1f} s",
+            f"rows read {self.rows_read} = written {self.rows_written} + rejected {self.rows_rejected} ({reasons})",
+            f"content hash {self.content_hash}",
+            f"run directory {self.run_dir}",
+        ]
+
+
+def _positive(name: str, value, kind=int) -> None:
+    if not isinstance(value, kind) or isinstance(value, bool) or value <= 0:
+        raise GenerateError(f"{name} must be a positive {kind.__name__}, got {value!r}")
+
+
+def _check_output_writable(output: Path) -> None:
+    try:
+        (output / "runs").mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output / "runs", prefix=".write-probe-"):
+            pass
+    except OSError as e:
+        raise GenerateError(f"output directory {output} is not writable: {e}") from None
+
+
+def _derived_run_id(sources: list[SourceFile], ckpt_hash: str, tok_hash: str, cfg: GenerateConfig, max_len: int) -> str:
+    key = {
+        "sources": [s.sha256 for s in sources],
+        "checkpoint": ckpt_hash,
+        "tokenizer": tok_hash,
+        "recipe": {k: getattr(cfg, k) for k in CONTENT_FIELDS} | {"max_response_len": max_len},
+        "schema": SCHEMA_VERSION,
+    }
+    return "drafts-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def config_from_run(run_dir: str | Path, overrides: dict) -> GenerateConfig:
+    """The old run's config (sources + recipe) with ``overrides`` applied; run id and force reset."""
+    try:
+        old = open_run(run_dir)
+    except Exception as e:
+        raise GenerateError(f"--from-run: {e}") from None
+    base = dict(old.manifest["config"])
+    base.update(run_id=None, force=False, from_run=str(old.run_dir))
+    base.setdefault("output", str(old.run_dir.parent.parent))
+    known = {f.name for f in dataclasses.fields(GenerateConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise GenerateError(f"unknown config key {unknown[0]!r}")
+    base.update(overrides)
+    return GenerateConfig(**{k: v for k, v in base.items() if k in known})
+
+
+def plan_run(cfg: GenerateConfig) -> RunPlan:
+    """Every check that can fail before any work: config values, checkpoint, sources, output."""
+    recipe = cfg.recipe()
+    try:
+        recipe.validate()
+    except ValueError as e:
+        raise GenerateError(str(e)) from None
+    for name in ("batch_size", "rows_per_file", "row_group_size", "tokens_per_forward"):
+        _positive(name, getattr(cfg, name))
+    cfg.pool_size()
+    if cfg.cpus_per_actor <= 0 or cfg.num_gpus_per_actor < 0 or cfg.align_num_cpus < 0:
+        raise GenerateError(
+            f"cpus_per_actor ({cfg.cpus_per_actor}) must be > 0, align_num_cpus ({cfg.align_num_cpus}) and "
+            f"num_gpus_per_actor ({cfg.num_gpus_per_actor}) >= 0"
+        )
+    max_response_len = cfg.gen_len if cfg.max_response_len is None else cfg.max_response_len
+    if not isinstance(max_response_len, int) or not 1 <= max_response_len <= cfg.gen_len:
+        raise GenerateError(
+            f"max_response_len must be an integer in [1, gen_len={cfg.gen_len}] (a draft has gen_len positions), "
+            f"got {cfg.max_response_len!r}"
+        )
+    if not cfg.checkpoint:
+        raise GenerateError("no checkpoint given: set `checkpoint` (a directory written by `medlm init` or training)")
+    try:
+        ckpt = check_checkpoint_dir(Path(cfg.checkpoint).expanduser().resolve())
+    except (FileNotFoundError, ValueError) as e:
+        raise GenerateError(f"checkpoint: {e}") from None
+    max_positions = int(json.loads((ckpt / "config.json").read_text())["max_position_embeddings"])
+    if cfg.gen_len >= max_positions:
+        raise GenerateError(f"gen_len={cfg.gen_len} leaves no room for a prompt in the model's {max_positions} positions")
+    tokenizer = load_tokenizer(ckpt)
+    try:
+        sources = resolve_sources(cfg.source)
+    except SourceError as e:
+        raise GenerateError(str(e)) from None
+    if not cfg.output:
+        raise GenerateError("no output given: set `output` (the directory that will hold runs/ and CURRENT)")
+    output = Path(cfg.output).expanduser().resolve()
+    _check_output_writable(output)
+    ckpt_hash = checkpoint_hash(ckpt)
+    tok_hash = tokenizer_hash(tokenizer)
+    derived_from = None
+    if cfg.from_run:
+        old = open_run(cfg.from_run).manifest
+        old_sha = {s["path"]: s["sha256"] for s in old["sources"]}
+        for s in sources:
+            if s.path in old_sha and old_sha[s.path] != s.sha256:
+                raise GenerateError(f"--from-run: source {s.path} changed since run {old['run_id']} (sha256 differs)")
+        derived_from = {"run_id": old["run_id"], "checkpoint_hash": old["checkpoint"]["hash"],
+                        "content_hash": old["content_hash"]}
+    run_id = cfg.run_id or _derived_run_id(sources, ckpt_hash, tok_hash, cfg, max_response_len)
+    if "/" in run_id or run_id.startswith(".") or ".tmp-" in run_id:
+        raise GenerateError(f"run_id {run_id!r} must be a plain directory name")
+    return RunPlan(
+        config=cfg,
+        sources=sources,
+        checkpoint=ckpt,
+        checkpoint_hash=ckpt_hash,
+        tokenizer_hash=tok_hash,
+        del_id=special_ids(tokenizer).delete,
+        max_positions=max_positions,
+        max_response_len=max_response_len,
+        recipe=recipe,
+        layout=RunLayout(output),
+        run_id=run_id,
+        derived_from=derived_from,
+    )
+
+
+def git_revision() -> str:
+    """The code's commit (with "-dirty" for uncommitted changes); "unknown" outside a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if rev.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        )
+        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _config_record(plan: RunPlan) -> dict:
+    record = dataclasses.asdict(plan.config)
+    record.update(
+        source=[s.path for s in plan.sources],
+        checkpoint=str(plan.checkpoint),
+        output=str(plan.layout.output),
+        run_id=plan.run_id,
+    )
+    return record
+
+
+def summary_of(run_dir: Path, reused: bool, seconds: float) -> RunSummary:
+    m = open_run(run_dir).manifest
+    return RunSummary(
+        run_id=m["run_id"],
+        run_dir=run_dir,
+        rows_read=m["rows"]["read"],
+        rows_written=m["rows"]["written"],
+        rows_rejected=m["rows"]["rejected"],
+        rejected_by_reason=m["rows"]["rejected_by_reason"],
+        content_hash=m["content_hash"],
+        reused=reused,
+        seconds=seconds,
+    )
+
+
+def build_dataset(plan: RunPlan, say: Callable[[str], None]):
+    """Stage 1 (materialised) and the reject rows; returns (normalised dataset, duplicates, rows read)."""
+    import ray.data
+
+    from pipeline.sources import duplicate_rows, explode_files, first_occurrences, normalise_records
+
+    cfg = plan.config
+    normalised = (
+        ray.data.read_binary_files([s.path for s in plan.sources], include_paths=True)
+        .map_batches(explode_files, batch_size=1, batch_format="pyarrow",
+                     fn_kwargs={"sources": [s.to_dict() for s in plan.sources]})
+        .map_batches(normalise_records, batch_size=None, batch_format="pyarrow",
+                     fn_kwargs={"checkpoint": str(plan.checkpoint), "gen_len": cfg.gen_len,
+                                "max_response_len": plan.max_response_len, "max_total_len": plan.max_positions})
+        .materialize()
+    )
+    keys = []
+    for batch in normalised.select_columns(["id", "source_index", "record_no", "status"]).iter_batches(
+        batch_format="pyarrow", batch_size=65536
+    ):
+        cols = batch.to_pydict()
+        keys += [(i, s, r) for i, s, r, st in zip(cols["id"], cols["source_index"], cols["record_no"], cols["status"])
+                 if st == "ok"]
+    duplicates = duplicate_rows(first_occurrences(keys), keys)
+    rows_read = normalised.count()
+    say(f"read {rows_read} rows from {len(plan.sources)} source file(s): {len(keys) - len(duplicates)} usable, "
+        f"{rows_read - len(keys)} malformed or too long, {len(duplicates)} duplicate ids")
+    return normalised, duplicates, rows_read
+
+
+def execute_run(plan: RunPlan, say: Callable[[str], None] = print) -> RunSummary:
+    """Run the Ray Data pipeline into a staging directory and commit it (see the module docstring)."""
+    import ray.data
+    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data._internal.savemode import SaveMode
+    from ray.data.datasource import FilenameProvider
+
+    from pipeline.draft_stages import DraftActor, align_table
+    from pipeline.sources import reject_records, select_rows
+
+    class PartFilenames(FilenameProvider):
+        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+            return part_filename(task_index)
+
+    started = time.perf_counter()
+    cfg = plan.config
+    DataContext.get_current().enable_progress_bars = not os.environ.get("CI")
+    staging = plan.layout.new_staging(plan.run_id)
+    say(f"run {plan.run_id}: staging in {staging}")
+
+    normalised, duplicates, rows_read = build_dataset(plan, say)
+    rejects = []
+    for batch in normalised.map_batches(
+        select_rows, batch_format="pyarrow", fn_kwargs={"duplicates": duplicates, "want_ok": False}
+    ).iter_batches(batch_format="pyarrow", batch_size=4096):
+        rejects += reject_records(batch, plan.sources)
+
+    min_actors, max_actors = cfg.pool_size()
+    pool = ActorPoolStrategy(size=min_actors) if min_actors == max_actors else ActorPoolStrategy(
+        min_size=min_actors, max_size=max_actors)
+    device = "cuda" if cfg.num_gpus_per_actor > 0 else "cpu"
+    say(f"drafting with {min_actors}{'' if min_actors == max_actors else f'-{max_actors}'} actor(s) on {device}")
+    provenance = {
+        "run_id": plan.run_id,
+        "checkpoint_hash": plan.checkpoint_hash,
+        "tokenizer_hash": plan.tokenizer_hash,
+        "seed": str(cfg.seed),
+        "recipe": plan.recipe.to_dict(),
+        "config": _config_record(plan),
+        "git_revision": git_revision(),
+    }
+    # Materialised before the actors start: once they hold every CPU, no upstream task could run.
+    usable = (
+        normalised.map_batches(select_rows, batch_format="pyarrow",
+                               fn_kwargs={"duplicates": duplicates, "want_ok": True})
+        .repartition(target_num_rows_per_block=cfg.batch_size)  # one block per draft call: spreads over actors
+        .materialize()
+    )
+    (
+        usable.map_batches(
+            DraftActor,
+            compute=pool,
+            batch_size=cfg.batch_size,
+            batch_format="pyarrow",
+            num_cpus=cfg.cpus_per_actor,
+            num_gpus=cfg.num_gpus_per_actor or None,
+            fn_constructor_kwargs={
+                "checkpoint": str(plan.checkpoint),
+                "recipe": plan.recipe.to_dict(),
+                "tokens_per_forward": cfg.tokens_per_forward,
+                "num_threads": max(1, int(cfg.cpus_per_actor)),
+                "device": device,
+            },
+        )
+        .map_batches(align_table, batch_format="pyarrow", num_cpus=cfg.align_num_cpus,
+                     fn_kwargs={"del_id": plan.del_id})
+        .write_parquet(
+            str(staging),
+            schema=schema_with_metadata(provenance),
+            compression="zstd",
+            row_group_size=cfg.row_group_size,
+            min_rows_per_file=cfg.rows_per_file,
+            filename_provider=PartFilenames(),
+            mode=SaveMode.OVERWRITE,
+        )
+    )
+    write_rejects(staging / REJECTS, rejects)
+
+    def crash_hook(i: int, _path) -> None:
+        if os.environ.get(CRASH_HOOK_ENV) and i == 0:
+            raise RuntimeError(f"{CRASH_HOOK_ENV} is set: stopping after the first part file (test hook)")
+
+    files = describe_parts(staging, on_file=crash_hook)
+    written = sum(f["rows"] for f in files)
+    by_reason: dict[str, int] = {}
+    for r in rejects:
+        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+    if rows_read != written + len(rejects):
+        raise RuntimeError(
+            f"row accounting does not reconcile: read {rows_read} != written {written} + rejected {len(rejects)}; "
+            f"the run is left uncommitted in {staging}"
+        )
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": plan.run_id,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "files": files,
+        "rejects_file": REJECTS,
+        "rows": {"read": rows_read, "written": written, "rejected": len(rejects), "rejected_by_reason": by_reason},
+        "content_hash": content_hash(staging / f["name"] for f in files),
+        "recipe": plan.recipe.to_dict(),
+        "sources": [s.to_dict() for s in plan.sources],
+        "checkpoint": {"path": str(plan.checkpoint), "hash": plan.checkpoint_hash},
+        "tokenizer_hash": plan.tokenizer_hash,
+        "seed": cfg.seed,
+        "config": _config_record(plan),
+        "git_revision": provenance["git_revision"],
+        "derived_from": plan.derived_from,
+        "runtime": {
+            "ray": ray.__version__,
+            "host": platform.node(),
+            "python": platform.python_version(),
+            "seconds": round(time.perf_counter() - started, 2),
+        },
+    }
+    write_json_atomic(staging / MANIFEST, manifest)
+    (staging / SUCCESS).write_text("")
+    run_dir = plan.layout.commit(staging, plan.run_id)
+    plan.layout.set_current(plan.run_id)
+    return summary_of(run_dir, reused=False, seconds=time.perf_counter() - started)
+
+
+def run_plan(plan: RunPlan, say: Callable[[str], None] = print) -> RunSummary:
+    """Reuse a complete run with the plan's id (unless ``force``) or execute a new one."""
+    started = time.perf_counter()
+    if plan.layout.is_complete(plan.run_id) and not plan.config.force:
+        plan.layout.set_current(plan.run_id)
+        say(f"run {plan.run_id} is already complete; reusing it (pass force=true to regenerate)")
+        return summary_of(plan.layout.run_dir(plan.run_id), reused=True, seconds=time.perf_counter() - started)
+    return execute_run(plan, say)
+
+
+def run_generate(cfg: GenerateConfig, say: Callable[[str], None] = print) -> RunSummary:
+    """Plan (every fail-fast check), then run; Ray must be initialised or startable locally."""
+    return run_plan(plan_run(cfg), say)

@@ -34,7 +34,9 @@ def mixture_loss(
     ins_labels = batch.insert_labels[index]
     weights = batch.token_weights[index]
     is_edit = batch.is_edit[index]
-    zero = out.token_logits.sum() * 0.0
+    # both heads stay in the graph even when a term is absent: ZeRO-2/3 reduce gradients per parameter,
+    # and a worker whose batch never touched the insertion head would leave the others waiting
+    zero = out.token_logits.sum() * 0.0 + (out.insert_logits.sum() * 0.0 if out.insert_logits is not None else 0.0)
 
     terms: dict[str, torch.Tensor] = {}
     ce_tok = F.cross_entropy(out.token_logits.float(), tok_labels.clamp(min=0), reduction="none")

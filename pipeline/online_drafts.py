@@ -1,0 +1,70 @@
+"""Online drafts (the paper's stage 3): the model being trained drafts, and learns to edit its own drafts.
+
+Mask examples marked by the stream carry a draft request. Per micro-batch, their prompts are drafted
+in one ``medlm.sampling.mask_diffusion`` call at a tokens-per-step rate drawn from
+``tokens_per_step`` (2/4/8/16 in the paper, so drafts range from nearly right to badly mixed),
+padding is stripped, and each draft is labelled with ``medlm.edits.edit_labels`` against the closest
+valid reference (the row's ``refs``): labelling against one fixed answer would teach the editor to
+rewrite one valid answer into another.
+
+Under ZeRO-3 every forward pass gathers parameters collectively, so all workers must run the same
+number of passes: the rate is drawn from a generator seeded by (run seed, step, micro-step), shared
+by all workers, and a worker with no request in its micro-batch drafts one prompt anyway and drops it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+
+from medlm.edits import edit_distance, edit_labels
+from medlm.packing import edit_example
+from medlm.sampling import DecodeConfig, mask_diffusion, strip_padding
+from medlm.tokenizer import SpecialIds
+from pipeline.train_batches import DRAFT_REQUEST
+
+
+def draft_rate(seed: int, step: int, micro: int, tokens_per_step: list[int]) -> int:
+    """Tokens committed per diffusion step for this micro-step; identical on every worker."""
+    return random.Random(f"{seed}:draft-rate:{step}:{micro}").choice(list(tokens_per_step))
+
+
+@torch.no_grad()
+def resolve_drafts(model, examples: list[dict], special: SpecialIds, *, gen_len: int, tokens_per_step: int,
+                   seed: int) -> tuple[list[dict], dict]:
+    """Replace every example carrying a draft request by an edit example on a fresh draft.
+
+    Returns the new example list and stats (drafts made, mean edit distance to the closest reference).
+    """
+    requests = [ex[DRAFT_REQUEST] for ex in examples if DRAFT_REQUEST in ex]
+    if requests:
+        prompts = [r["prompt"] for r in requests]
+    else:  # keep ZeRO-3's collective forward passes in step with the other workers
+        first = examples[0]
+        prompts = [first["input_ids"][: max(1, len(first["input_ids"]) - gen_len)]]
+    steps = max(1, math.ceil(gen_len / tokens_per_step))
+    configs = [DecodeConfig(gen_len=gen_len, mask_steps=steps, seed=seed) for _ in prompts]
+    was_training = model.training
+    model.eval()
+    try:
+        drafts = mask_diffusion(model, prompts, configs, special)
+    finally:
+        model.train(was_training)
+    if not requests:
+        return examples, {"drafts": 0, "draft_distance": 0.0}
+
+    made = iter(drafts)
+    out, distances = [], []
+    for ex in examples:
+        if DRAFT_REQUEST not in ex:
+            out.append(ex)
+            continue
+        req = ex[DRAFT_REQUEST]
+        draft = strip_padding(next(made)[0], special)
+        ref = min(req["refs"], key=lambda r: edit_distance(draft, r))
+        distances.append(edit_distance(draft, ref))
+        token_target, insert_target = edit_labels(draft, ref, del_id=special.delete)
+        out.append(edit_example(req["prompt"], draft, token_target, insert_target, special))
+    return out, {"drafts": len(requests), "draft_distance": sum(distances) / len(distances)}

@@ -1,0 +1,111 @@
+"""The training job's settings as one dataclass, checked before any worker starts.
+
+`jobs.train` fills it from YAML + ``key=value`` overrides (``jobs.config.load_config``); the demo
+builds it in Python and calls ``pipeline.trainer.run_training``. ``check()`` turns every setting that
+cannot work into a ``ValueError`` naming the key, its value and the limit, so a bad config costs
+seconds on the driver instead of a failed cluster job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+OBJECTIVES = ("mask", "edit", "mixture", "online")
+ZERO_STAGES = (1, 2, 3)
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    # where: the run folder is storage_path/run_name (Ray Train checkpoints, metrics.jsonl, export/)
+    run_name: str = "medlm-train"
+    storage_path: str = "runs/train"
+    export_dir: Optional[str] = None  # default: <run folder>/export
+
+    # starting point: a medlm checkpoint dir, or a preset initialised from scratch
+    init_from: Optional[str] = None
+    preset: str = "tiny"
+    tokenizer: Optional[str] = None  # tokenizer dir for a from-scratch preset; default: build the default one
+
+    # data and objective
+    objective: str = "mask"  # mask | edit | mixture | online
+    mix_ratio: float = 0.5  # share of examples that are edit examples (mixture, online)
+    sources: list[str] = field(default_factory=list)  # JSONL files in any medlm.data format
+    toy_problems: int = 0  # > 0: generate this many toy training problems into the run folder as a source
+    draft_runs: list[str] = field(default_factory=list)  # Parquet draft run dirs (medlm.drafts.v1)
+    max_len: int = 512  # tokens per packed row
+    gen_len: int = 64  # response length mask examples are padded to (and online drafts fill)
+    online_tokens_per_step: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
+    edit_weight: float = 1.0
+
+    # optimisation
+    micro_batch_rows: int = 1  # packed rows of max_len tokens per micro-step and worker
+    grad_accum: int = 1
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    warmup_steps: int = 10
+    max_steps: int = 100
+    clip: float = 1.0
+    weight_decay: float = 0.01
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+
+    # distribution
+    zero_stage: int = 2
+    deepspeed_config: Optional[str] = None  # default: cluster/deepspeed/zero<stage>.json
+    deepspeed_overrides: dict = field(default_factory=dict)  # merged into the DeepSpeed config last
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+
+    # checkpoints, failures, logging
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    max_failures: int = 0
+    log_every: int = 10
+    seed: int = 0
+    fail_at_step: Optional[int] = None  # test hook: the last worker raises once when reaching this step
+
+    def run_dir(self) -> Path:
+        return Path(self.storage_path).expanduser().resolve() / self.run_name
+
+    def export_path(self) -> Path:
+        return Path(self.export_dir).expanduser().resolve() if self.export_dir else self.run_dir() / "export"
+
+    def check(self) -> "TrainConfig":
+        """Raise ValueError naming the first setting that cannot work."""
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"train config: {msg}")
+
+        need(self.objective in OBJECTIVES, f"objective={self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        need(0.0 <= self.mix_ratio <= 1.0, f"mix_ratio={self.mix_ratio} must lie in [0, 1]")
+        need(bool(self.run_name) and "/" not in self.run_name, f"run_name={self.run_name!r} must be a non-empty name without '/'")
+        need(self.zero_stage in ZERO_STAGES, f"zero_stage={self.zero_stage} is not one of {ZERO_STAGES}")
+        need(self.precision in PRECISIONS, f"precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        need(not (self.precision == "bf16" and not self.use_gpu), "precision='bf16' needs use_gpu=true (CPU training runs fp32)")
+        for name in ("max_len", "gen_len", "micro_batch_rows", "grad_accum", "max_steps", "num_workers",
+                     "checkpoint_every", "log_every", "keep_checkpoints"):
+            need(int(getattr(self, name)) >= 1, f"{name}={getattr(self, name)} must be >= 1")
+        need(self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps} must be >= 0")
+        need(self.max_failures >= -1, f"max_failures={self.max_failures} must be >= 0 (or -1 for unlimited)")
+        need(self.lr > 0, f"lr={self.lr} must be > 0")
+        need(0 <= self.min_lr <= self.lr, f"min_lr={self.min_lr} must lie in [0, lr={self.lr}]")
+        need(self.clip >= 0, f"clip={self.clip} must be >= 0 (0 turns clipping off)")
+        need(self.cpus_per_worker > 0, f"cpus_per_worker={self.cpus_per_worker} must be > 0")
+        need(self.gen_len < self.max_len, f"gen_len={self.gen_len} leaves no room for a prompt in max_len={self.max_len}")
+        need(bool(self.online_tokens_per_step) and all(int(t) >= 1 for t in self.online_tokens_per_step),
+             f"online_tokens_per_step={self.online_tokens_per_step} must be a non-empty list of positive ints")
+        need(isinstance(self.deepspeed_overrides, dict), "deepspeed_overrides must be a mapping")
+        need(isinstance(self.sources, list) and isinstance(self.draft_runs, list),
+             "sources and draft_runs must be lists of paths")
+        need(self.toy_problems >= 0, f"toy_problems={self.toy_problems} must be >= 0")
+        needs_sources = self.objective in ("mask", "mixture", "online")
+        needs_drafts = self.objective in ("edit", "mixture")
+        has_sources = bool(self.sources) or self.toy_problems > 0
+        need(not needs_sources or has_sources, f"objective={self.objective!r} needs sources (JSONL files) or toy_problems > 0")
+        need(not needs_drafts or bool(self.draft_runs), f"objective={self.objective!r} needs draft_runs (Parquet run dirs)")
+        need(needs_sources or not has_sources, f"objective={self.objective!r} does not read sources; remove them or pick mixture")
+        need(needs_drafts or not self.draft_runs, f"objective={self.objective!r} does not read draft_runs; remove them or pick mixture")
+        return self

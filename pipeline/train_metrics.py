@@ -1,0 +1,59 @@
+"""The run's own record of training: ``metrics.jsonl`` in the run folder and a loss plot at the end.
+
+Ray keeps the metrics reported with each checkpoint; this file keeps every logged window, also those
+between checkpoints and those a failed attempt logged before it died (a restart logs a ``resume``
+event, and the plot keeps the last value per step).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+def append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def loss_curves(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """step -> value per loss name, the last logged value winning where a restart re-ran steps."""
+    curves: dict[str, dict[int, float]] = {}
+    for r in records:
+        if r.get("event") != "train":
+            continue
+        for name in ("loss", "mask_loss", "edit_loss"):
+            if r.get(name) is not None:
+                curves.setdefault(name, {})[int(r["step"])] = float(r[name])
+    return {name: sorted(points.items()) for name, points in curves.items()}
+
+
+def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
+    """Write a PNG of the loss curves (matplotlib, Agg backend); None when nothing was logged."""
+    curves = loss_curves(read_metrics(metrics_path))
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, points in curves.items():
+        ax.plot([s for s, _ in points], [v for _, v in points], label=name, marker="." if len(points) < 30 else None)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(Path(metrics_path).parent.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return Path(png_path)

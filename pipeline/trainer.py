@@ -1,0 +1,158 @@
+"""Driver side of training: check everything, hand the work to a Ray Train ``TorchTrainer``, collect.
+
+``run_training(cfg)`` is the one entry point (``jobs.train`` and the demo call it). Order matters:
+config, starting checkpoint, DeepSpeed config and data are all checked on the driver first, so a
+typo or a bad shard stops the job in seconds with a message naming it, before any worker starts.
+The run folder ``storage_path/run_name`` is also Ray Train's run folder: a second call with the same
+name resumes from its latest checkpoint (Ray Train V2 restores its checkpoint manager from there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from medlm.checkpoint import check_checkpoint_dir, load_checkpoint, new_model, save_checkpoint
+from medlm.modeling import MedlmConfig
+from medlm.tokenizer import build_default_tokenizer, load_tokenizer
+from pipeline.ds_config import deepspeed_config
+from pipeline.train_config import TrainConfig
+from pipeline.train_data import prepare_data
+from pipeline.train_loop import train_loop_per_worker
+from pipeline.train_metrics import plot_losses, read_metrics
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Every path resolved on the driver: Ray Train workers run in another working directory."""
+    def absolute(p):
+        return str(Path(p).expanduser().resolve()) if p else p
+
+    return dataclasses.replace(
+        cfg, storage_path=absolute(cfg.storage_path), export_dir=absolute(cfg.export_dir),
+        init_from=absolute(cfg.init_from), tokenizer=absolute(cfg.tokenizer),
+        deepspeed_config=absolute(cfg.deepspeed_config),
+        sources=[absolute(p) for p in cfg.sources], draft_runs=[absolute(p) for p in cfg.draft_runs],
+    )
+
+
+def start_checkpoint(cfg: TrainConfig, run_dir: Path) -> Path:
+    """``init_from`` after checking it, or a from-scratch ``preset`` model written once into the run folder.
+
+    Writing the random start into the run folder keeps a resumed run on the very same tokenizer and
+    initial weights, and lets every worker load one path.
+    """
+    if cfg.init_from:
+        return check_checkpoint_dir(Path(cfg.init_from).expanduser().resolve())
+    init_dir = run_dir / "init"
+    if (init_dir / "config.json").exists():
+        return check_checkpoint_dir(init_dir)
+    if cfg.preset == "llada-8b":
+        raise ValueError("preset='llada-8b' cannot be trained from scratch here; set init_from to a converted checkpoint")
+    tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else build_default_tokenizer()
+    model = new_model(cfg.preset, tok, seed=cfg.seed)
+    save_checkpoint(model, tok, init_dir, extra={"preset": cfg.preset, "seed": cfg.seed, "trained_steps": 0})
+    return init_dir
+
+
+def toy_source(cfg: TrainConfig, run_dir: Path) -> str:
+    """The generated toy training set of ``toy_problems`` rows (written once; same seed, same rows)."""
+    from medlm.tasks.toy import generate_problems, write_jsonl
+
+    path = run_dir / f"toy-train-{cfg.toy_problems}-seed{cfg.seed}.jsonl"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        write_jsonl(generate_problems(cfg.toy_problems, seed=cfg.seed, split="train"), tmp)
+        tmp.replace(path)
+    return str(path)
+
+
+def _ensure_ray() -> None:
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None)
+
+
+def run_training(cfg: TrainConfig) -> dict:
+    """Train as ``cfg`` says and return where everything went plus the final numbers.
+
+    Result keys: run_dir, export_dir, steps, metrics (rank 0's at the last checkpoint), checkpoint,
+    metrics_path, loss_plot, rows / rows_read / rejected (per dataset and reason), rejects_path,
+    wall_s.
+    """
+    t0 = time.perf_counter()
+    cfg = absolute_paths(cfg.check())
+    run_dir = cfg.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start = start_checkpoint(cfg, run_dir)
+    model_config = MedlmConfig.from_pretrained(str(start))
+    limit = model_config.max_position_embeddings
+    if cfg.objective != "edit" and cfg.gen_len >= limit:
+        raise ValueError(f"gen_len={cfg.gen_len} leaves no room for a prompt in the model's {limit} positions")
+    ds_config = deepspeed_config(cfg, cfg.num_workers)
+    if cfg.toy_problems:
+        cfg = dataclasses.replace(cfg, sources=[*cfg.sources, toy_source(cfg, run_dir)], toy_problems=0)
+
+    _ensure_ray()
+    prepared = prepare_data(cfg, str(start), limit, run_dir)
+    print(f"[train] {cfg.objective} training of {start} -> {run_dir}: usable rows {prepared.rows}, "
+          f"rejected {prepared.rejected or 'none'}, longest example {prepared.longest} tokens (max_len {cfg.max_len})",
+          flush=True)
+    (run_dir / "train_config.json").write_text(json.dumps({
+        "config": dataclasses.asdict(cfg), "start_checkpoint": str(start), "deepspeed": ds_config,
+        "rows": prepared.rows, "rows_read": prepared.read, "rejected": prepared.rejected,
+        "draft_runs": prepared.draft_runs,
+    }, indent=2))
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "train": dataclasses.asdict(cfg), "deepspeed": ds_config, "start_checkpoint": str(start),
+            "run_dir": str(run_dir), "usable_rows": prepared.rows,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run_name,
+            storage_path=str(run_dir.parent),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
+        datasets=prepared.datasets,
+    )
+    result = trainer.fit()
+
+    export_dir = cfg.export_path()
+    check_checkpoint_dir(export_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+    plot = plot_losses(metrics_path, run_dir / "loss.png")
+    trained = [r for r in read_metrics(metrics_path) if r.get("event") == "train"]
+    steps = json.loads((export_dir / "medlm_meta.json").read_text())["trained_steps"]
+    return {
+        "run_dir": str(run_dir),
+        "export_dir": str(export_dir),
+        "steps": steps,
+        "metrics": dict(result.metrics or {}),
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "metrics_path": str(metrics_path),
+        "loss_plot": str(plot) if plot else None,
+        "first_loss": trained[0]["loss"] if trained else None,
+        "last_loss": trained[-1]["loss"] if trained else None,
+        "rows": prepared.rows,
+        "rows_read": prepared.read,
+        "rejected": prepared.rejected,
+        "rejects_path": str(run_dir / "rejects.jsonl") if prepared.rejected else None,
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+def load_exported(result: dict):
+    """(model, tokenizer) of a finished run's export, for serving or evaluation."""
+    return load_checkpoint(result["export_dir"])

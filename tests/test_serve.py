@@ -20,7 +20,7 @@ from ray import serve
 from jobs import init_model
 from jobs.serve import build_config, check_app_args
 from medlm.tokenizer import stdlib_corpus, train_tokenizer
-from pipeline.serve import DEPLOYMENT_NAME, build_app, free_port, run_local
+from pipeline.serve import DEPLOYMENT_NAME, DecodeMerger, build_app, free_port, run_local
 from pipeline.serve_api import ServeArgs, default_steps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,6 +103,33 @@ def test_serve_configs_match_the_app_arguments(checkpoint):
     with pytest.raises(ValueError, match="max_batch_sise"):
         ServeArgs.parse({"checkpoint": "x", "max_batch_sise": 4})
     assert default_steps(64) == (16, 4) and default_steps(1) == (1, 1)
+
+
+def test_merger_packs_batches_that_form_while_the_model_is_busy():
+    """Sub-batches arriving during a decode go into the next decode together (up to the cap); a
+    failing decode fails only its own requests."""
+    calls = []
+
+    def decode(jobs):
+        calls.append(list(jobs))
+        time.sleep(0.05)
+        if "boom" in jobs:
+            raise RuntimeError("boom")
+        return [f"done {j}" for j in jobs]
+
+    async def scenario():
+        merger = DecodeMerger(decode, max_size=4)
+        first = asyncio.ensure_future(merger.submit(["a"]))
+        await asyncio.sleep(0.01)  # "a" is decoding now
+        later = [asyncio.ensure_future(merger.submit(b)) for b in (["b", "c"], ["d"], ["e", "f"])]
+        results = await asyncio.gather(first, *later)
+        failing = await asyncio.gather(merger.submit(["boom"]), return_exceptions=True)
+        return results, failing, await merger.submit(["g"])
+
+    results, failing, after = asyncio.run(scenario())
+    assert calls[:3] == [["a"], ["b", "c", "d", "e"], ["f"]]
+    assert results == [["done a"], ["done b", "done c"], ["done d"], ["done e", "done f"]]
+    assert isinstance(failing[0], RuntimeError) and after == ["done g"]
 
 
 # ---------------------------------------------------------------- native API

@@ -1,0 +1,206 @@
+"""Does ``@serve.batch`` pay off? Closed-loop HTTP load on loopback against the same app batched and not.
+
+Two apps run side by side on one local Ray, identical except ``max_batch_size`` (16 vs 1). For each
+concurrency level C (default 1, 4, 16), C clients each send a request as soon as their previous one
+returns; after a warm-up round, a fixed number of requests is timed. Every (app, C) pair is measured
+in several interleaved repetitions and the medians are reported.
+
+Claims checked (written to benchmarks/results/bench_serve.json):
+    * at C=16, batched throughput (requests/s) is at least 3x unbatched;
+    * at steady load (C=16, batched) p99 latency is at most 2x p50.
+
+    python benchmarks/bench_serve.py                        # tiny random checkpoint made here
+    python benchmarks/bench_serve.py --checkpoint CKPT --reps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+RESULT = REPO / "benchmarks" / "results" / "bench_serve.json"
+MODES = {"batched": 16, "unbatched": 1}
+
+
+def say(msg: str) -> None:
+    print(f"[bench_serve] {msg}", flush=True)
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """Nearest-rank percentile (p99 of 48 samples is the largest: no interpolation flatters it)."""
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, int(-(-q * len(s) // 100)) - 1))]
+
+
+def prompts(n: int) -> list[str]:
+    from medlm.tasks.toy import generate_problems
+
+    return [p.question for p in generate_problems(n, seed=1, split="test")]
+
+
+async def closed_loop(url: str, concurrency: int, n_requests: int, budget: dict, questions: list[str]) -> dict:
+    """``concurrency`` clients, each sending its next request when the last one returns."""
+    latencies, tokens, batch_sizes, errors = [], [], [], []
+    counter = iter(range(n_requests))
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+
+        async def worker() -> None:
+            for i in counter:
+                body = {"prompt": questions[i % len(questions)], "seed": i, **budget}
+                t0 = time.perf_counter()
+                r = await client.post("/v1/refine", json=body)
+                dt_s = time.perf_counter() - t0
+                if r.status_code != 200:
+                    errors.append(f"{r.status_code}: {r.text[:200]}")
+                    continue
+                out = r.json()
+                latencies.append(dt_s)
+                tokens.append(out["usage"]["completion_tokens"])
+                batch_sizes.append(out["timing"]["batch_size"])
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return {
+        "requests": len(latencies),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "wall_s": round(wall, 3),
+        "requests_per_s": round(len(latencies) / wall, 3),
+        "tokens_per_s": round(sum(tokens) / wall, 1),
+        "positions_per_s": round(len(latencies) * budget["max_new_tokens"] / wall, 1),
+        "p50_s": round(percentile(latencies, 50), 4) if latencies else None,
+        "p99_s": round(percentile(latencies, 99), 4) if latencies else None,
+        "mean_batch_size": round(statistics.mean(batch_sizes), 2) if batch_sizes else None,
+    }
+
+
+def median_of(runs: list[dict]) -> dict:
+    keys = ["requests_per_s", "tokens_per_s", "positions_per_s", "p50_s", "p99_s", "mean_batch_size"]
+    return {k: round(statistics.median(r[k] for r in runs), 4) for k in keys} | {
+        "errors": sum(r["errors"] for r in runs), "reps": len(runs)}
+
+
+def machine() -> dict:
+    import torch
+
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def make_checkpoint(preset: str) -> Path:
+    from jobs import init_model
+
+    out = Path(tempfile.mkdtemp(prefix="bench_serve_")) / preset
+    say(f"writing a random {preset} checkpoint to {out} (medlm init) ...")
+    if init_model.cli(["--preset", preset, "--out", str(out)]) != 0:
+        raise SystemExit("medlm init failed")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, help="default: a random checkpoint of --preset made here")
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=48, help="timed requests per level (at least 6 x C)")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--mask-steps", type=int, default=16)
+    ap.add_argument("--edit-steps", type=int, default=4)
+    ap.add_argument("--torch-threads", type=int, default=1, help="per replica (the proxy and clients need a core)")
+    ap.add_argument("--out", type=Path, default=RESULT)
+    args = ap.parse_args(argv)
+
+    import ray
+    from ray import serve
+
+    from pipeline.serve import build_app, free_port, run_local
+
+    ckpt = args.checkpoint or make_checkpoint(args.preset)
+    budget = {"max_new_tokens": args.max_new_tokens, "mask_steps": args.mask_steps, "edit_steps": args.edit_steps}
+    questions = prompts(64)
+    info = machine()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    runs: dict[str, dict[int, list[dict]]] = {m: {c: [] for c in args.concurrency} for m in MODES}
+    try:
+        common = {"checkpoint": str(ckpt.resolve()), "torch_threads": args.torch_threads, "num_cpus": 0.5,
+                  "max_ongoing_requests": 64, "max_queued_requests": 512}
+        port = free_port()
+        base = run_local({**common, "max_batch_size": MODES["batched"]}, port=port, app_name="batched",
+                         route_prefix="/batched")
+        serve.run(build_app({**common, "max_batch_size": MODES["unbatched"]}), name="unbatched",
+                  route_prefix="/unbatched")
+        urls = {"batched": base, "unbatched": base.rsplit("/", 1)[0] + "/unbatched"}
+        say(f"apps ready: {urls}; budget {budget}; concurrency {args.concurrency}; {args.reps} reps")
+        for rep in range(args.reps):
+            for c in args.concurrency:
+                n = max(args.requests, 6 * c)
+                for mode, url in urls.items():
+                    asyncio.run(closed_loop(url, c, c, budget, questions))  # warm-up round, not timed
+                    r = asyncio.run(closed_loop(url, c, n, budget, questions))
+                    runs[mode][c].append(r)
+                    say(f"rep {rep + 1}/{args.reps} C={c:<2} {mode:<9}: {r['requests_per_s']:7.2f} req/s "
+                        f"{r['tokens_per_s']:8.1f} tok/s p50 {r['p50_s']:.3f}s p99 {r['p99_s']:.3f}s "
+                        f"batch {r['mean_batch_size']} errors {r['errors']}")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    medians = {m: {str(c): median_of(rs) for c, rs in by_c.items()} for m, by_c in runs.items()}
+    top = str(max(args.concurrency))
+    b, u = medians["batched"][top], medians["unbatched"][top]
+    ratios = {
+        **{f"throughput_batched_over_unbatched_c{c}": round(
+            medians["batched"][str(c)]["requests_per_s"] / medians["unbatched"][str(c)]["requests_per_s"], 2)
+           for c in args.concurrency},
+        f"p99_over_p50_batched_c{top}": round(b["p99_s"] / b["p50_s"], 2),
+        f"p99_over_p50_unbatched_c{top}": round(u["p99_s"] / u["p50_s"], 2),
+    }
+    goals = {
+        f"batched_throughput_at_least_3x_unbatched_at_c{top}": ratios[f"throughput_batched_over_unbatched_c{top}"] >= 3.0,
+        f"p99_at_most_2x_p50_batched_at_c{top}": ratios[f"p99_over_p50_batched_c{top}"] <= 2.0,
+        "no_errors": all(m["errors"] == 0 for by_c in medians.values() for m in by_c.values()),
+    }
+    info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    payload = {
+        "benchmark": "bench_serve",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": info,
+        "setup": {"checkpoint": str(ckpt), "preset": args.preset if not args.checkpoint else None, "budget": budget,
+                  "modes": MODES, "batch_wait_timeout_s": 0.01, "torch_threads_per_replica": args.torch_threads,
+                  "timed_requests_per_level": {str(c): max(args.requests, 6 * c) for c in args.concurrency},
+                  "load": "closed loop over loopback HTTP (httpx), warm-up round per level not timed",
+                  "latency": "client-side, request sent to reply parsed; p99 is nearest-rank"},
+        "medians": medians,
+        "ratios": ratios,
+        "goals_met": goals,
+        "runs": {m: {str(c): rs for c, rs in by_c.items()} for m, by_c in runs.items()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    say(f"medians at C={top}: batched {b['requests_per_s']} req/s vs unbatched {u['requests_per_s']} req/s "
+        f"({ratios[f'throughput_batched_over_unbatched_c{top}']}x); batched p99/p50 "
+        f"{ratios[f'p99_over_p50_batched_c{top}']}")
+    say(f"goals: {goals}")
+    say(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

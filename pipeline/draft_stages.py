@@ -1,4 +1,4 @@
-"""The two compute stages of the draft pipeline: draft (model, actor pool) and align (CPU tasks).
+"""The draft stage of the pipeline: a model per actor drafts every row of a batch by its recipe.
 
 Draft: each row's recipe comes from (run seed, row id) (see ``pipeline.recipe``); rows of a Ray batch
 are packed into forward passes of at most ``tokens_per_forward`` tokens (packed attention on CPU
@@ -6,9 +6,6 @@ materialises a T x T mask, so one huge pack is slower than a few moderate ones) 
 ``medlm.sampling.mask_diffusion`` + ``strip_padding``, then, for "intermediate" rows, refined by a
 few ``edit_refine`` steps. The samplers decode each sequence independently of its pack-mates, so a
 row's draft does not depend on which batch or actor it landed in.
-
-Align: label each draft against the closest valid reference (fewest token edits; ties go to the
-earlier reference, so the canonical answer wins) with ``medlm.edits``.
 """
 
 from __future__ import annotations
@@ -18,10 +15,8 @@ from typing import Optional, Sequence
 
 import pyarrow as pa
 
-from medlm.edits import count_edits, edit_distance, edit_labels_batch
 from medlm.sampling import DecodeConfig, edit_refine, mask_diffusion, strip_padding
 from pipeline.recipe import DraftRecipe, row_recipe
-from pipeline.shards import DRAFT_SCHEMA
 
 DRAFTED_COLUMNS = pa.schema(
     [
@@ -138,40 +133,3 @@ class DraftActor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return draft_table(self.model, self.special, batch, self.recipe, self.tokens_per_forward)
-
-
-def closest_reference(draft: list[int], references: list[list[int]]) -> tuple[int, int]:
-    """(index, token edit distance) of the reference needing the fewest edits; ties -> earliest."""
-    best, best_d = 0, None
-    for i, ref in enumerate(references):
-        d = edit_distance(draft, ref)
-        if best_d is None or d < best_d:
-            best, best_d = i, d
-    return best, int(best_d)
-
-
-def align_table(batch: pa.Table, *, del_id: int) -> pa.Table:
-    """Drafted rows -> DRAFT_SCHEMA rows: closest reference, edit labels, edit counts."""
-    drafts = batch.column("draft_ids").to_pylist()
-    answers_ids = batch.column("answers_ids").to_pylist()
-    answers_text = batch.column("answers_text").to_pylist()
-    chosen = [closest_reference(d, refs) for d, refs in zip(drafts, answers_ids)]
-    targets = [refs[k] for (k, _), refs in zip(chosen, answers_ids)]
-    token_targets, insert_targets = edit_labels_batch(drafts, targets, del_id=del_id)
-    counts = [count_edits(d, t, g, del_id=del_id) for d, t, g in zip(drafts, token_targets, insert_targets)]
-    columns = {name: batch.column(name) for name in DRAFT_SCHEMA.names if name in batch.column_names}
-    columns.update(
-        response_text=[texts[k] for (k, _), texts in zip(chosen, answers_text)],
-        target_ids=targets,
-        token_target=token_targets,
-        insert_target=insert_targets,
-        reference_index=[k for k, _ in chosen],
-        n_references=[len(refs) for refs in answers_ids],
-        edit_distance=[d for _, d in chosen],
-        n_replace=[c[0] for c in counts],
-        n_delete=[c[1] for c in counts],
-        n_insert=[c[2] for c in counts],
-    )
-    arrays = [pa.array(columns[f.name], f.type) if not isinstance(columns[f.name], pa.ChunkedArray)
-              else columns[f.name].cast(f.type) for f in DRAFT_SCHEMA]
-    return pa.Table.from_arrays(arrays, schema=DRAFT_SCHEMA)

@@ -81,6 +81,7 @@ class GenerateConfig:
     # CPUs reserved per align+write task. 0 lets them run beside draft actors that hold every CPU
     # (one machine); align is light. On a GPU cluster with spare CPUs reserve some (0.5).
     align_num_cpus: float = 0.0
+    align_concurrency: int = 2  # align+write tasks at once (with 0 CPUs reserved, this is the only cap)
     rows_per_file: int = 5000
     row_group_size: int = 1024
     force: bool = False  # regenerate even when a complete run with this id exists
@@ -193,7 +194,7 @@ def plan_run(cfg: GenerateConfig) -> RunPlan:
         recipe.validate()
     except ValueError as e:
         raise GenerateError(str(e)) from None
-    for name in ("batch_size", "rows_per_file", "row_group_size", "tokens_per_forward"):
+    for name in ("batch_size", "rows_per_file", "row_group_size", "tokens_per_forward", "align_concurrency"):
         _positive(name, getattr(cfg, name))
     cfg.pool_size()
     if cfg.cpus_per_actor <= 0 or cfg.num_gpus_per_actor < 0 or cfg.align_num_cpus < 0:
@@ -330,11 +331,12 @@ def build_dataset(plan: RunPlan, say: Callable[[str], None]):
 def execute_run(plan: RunPlan, say: Callable[[str], None] = print) -> RunSummary:
     """Run the Ray Data pipeline into a staging directory and commit it (see the module docstring)."""
     import ray.data
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
     from ray.data._internal.savemode import SaveMode
     from ray.data.datasource import FilenameProvider
 
-    from pipeline.draft_stages import DraftActor, align_table
+    from pipeline.align import align_table
+    from pipeline.draft_stages import DraftActor
     from pipeline.sources import reject_records, select_rows
 
     class PartFilenames(FilenameProvider):
@@ -392,9 +394,11 @@ def execute_run(plan: RunPlan, say: Callable[[str], None] = print) -> RunSummary
             },
         )
         .map_batches(align_table, batch_format="pyarrow", num_cpus=cfg.align_num_cpus,
-                     fn_kwargs={"del_id": plan.del_id})
-        .write_parquet(
+                     compute=TaskPoolStrategy(size=cfg.align_concurrency), fn_kwargs={"del_id": plan.del_id})
+        .write_parquet(  # same remote args as align, so each align task also writes its rows
             str(staging),
+            ray_remote_args={"num_cpus": cfg.align_num_cpus},
+            concurrency=cfg.align_concurrency,
             schema=schema_with_metadata(provenance),
             compression="zstd",
             row_group_size=cfg.row_group_size,

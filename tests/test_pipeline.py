@@ -252,7 +252,7 @@ def test_complete_run_is_reused_unless_forced(two_actor_run, checkpoints, source
 
 
 def test_from_run_regenerates_same_rows_and_recipe_with_newer_checkpoint(two_actor_run, checkpoints, out_dir):
-    assert _generate("--from-run", str(two_actor_run), "--checkpoint", str(checkpoints[1])) == 0
+    assert _generate("--from-run", str(two_actor_run), "--checkpoint", str(checkpoints[1]), "num_actors=1") == 0
     new_dir = current_run(out_dir)
     assert new_dir != two_actor_run and new_dir.parent == two_actor_run.parent
     old, new = open_run(two_actor_run), open_run(new_dir)

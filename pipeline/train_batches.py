@@ -175,12 +175,13 @@ class ExampleStream:
 class Packer:
     """Packs stream examples into micro-batches of ``rows`` rows of at most ``max_len`` tokens.
 
-    Each row starts with the oldest example waiting and is then filled best-fit (the longest example
-    that still fits) from a look-ahead buffer of about ``lookahead`` micro-batches. Why not first-fit
-    decreasing over the buffer (``medlm.packing.pack_greedy``) and the fullest rows: that hands out the
-    longest examples first, so in a mixture the shorter edit examples would wait and batches would be
-    sorted by length (all mask, then all edit). Oldest-first keeps the stream's order and mix; the
-    best-fit filler keeps rows full.
+    Each row starts with the oldest example waiting and is filled from a look-ahead buffer of about
+    ``lookahead`` micro-batches with the subset of waiting examples that leaves the least room unused
+    (an exact subset-sum over the buffer, done with bitsets, preferring older examples). Why not
+    first-fit decreasing over the buffer (``medlm.packing.pack_greedy``) and the fullest rows: that
+    hands out the longest examples first, so in a mixture the shorter edit examples would wait and
+    batches would be sorted by length (all mask, then all edit). Oldest-first keeps the stream's order
+    and mix; the subset-sum keeps rows full even when lengths take only a few values.
     """
 
     def __init__(self, stream: ExampleStream, max_len: int, rows: int, lookahead: int = 8):
@@ -206,18 +207,21 @@ class Packer:
         self._top_up()
         row = [self._take(0)]
         free = self.max_len - len(row[0]["input_ids"])
-        while True:
-            best, best_len = -1, 0
-            for i, ex in enumerate(self.buffer):
-                n = len(ex["input_ids"])
-                if best_len < n <= free:
-                    best, best_len = i, n
-                    if n == free:
-                        break
-            if best < 0:
-                return row
-            row.append(self._take(best))
-            free -= best_len
+        lengths = [len(ex["input_ids"]) for ex in self.buffer]
+        # reach[i]: bit t set when some subset of the first i waiting examples sums to t tokens
+        full = (1 << (free + 1)) - 1
+        reach = [1]
+        for n in lengths:
+            reach.append((reach[-1] | (reach[-1] << n)) & full)
+        target = reach[-1].bit_length() - 1
+        chosen = []
+        for i in range(len(lengths) - 1, -1, -1):  # newest first: skip an example whenever older ones suffice
+            if target and not (reach[i] >> target) & 1:
+                chosen.append(i)
+                target -= lengths[i]
+        for i in sorted(chosen, reverse=True):
+            row.append(self._take(i))
+        return row
 
     def next_batch(self) -> tuple[list[dict], float]:
         """(examples of one micro-batch, its padding waste against rows * max_len)."""

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--requests", type=int, default=48, help="timed requests per level (at least 6 x C)")
+    ap.add_argument("--requests", type=int, default=48, help="timed requests per level (at least 10 x C)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--mask-steps", type=int, default=16)
     ap.add_argument("--edit-steps", type=int, default=4)
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from pipeline.serve import build_app, free_port, run_local
+    from pipeline.serve import LINGER_FRACTION, build_app, free_port, run_local
 
     ckpt = args.checkpoint or make_checkpoint(args.preset)
     budget = {"max_new_tokens": args.max_new_tokens, "mask_steps": args.mask_steps, "edit_steps": args.edit_steps}
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"apps ready: {urls}; budget {budget}; concurrency {args.concurrency}; {args.reps} reps")
         for rep in range(args.reps):
             for c in args.concurrency:
-                n = max(args.requests, 6 * c)
+                n = max(args.requests, 10 * c)
                 for mode, url in urls.items():
                     asyncio.run(closed_loop(url, c, c, budget, questions))  # warm-up round, not timed
                     r = asyncio.run(closed_loop(url, c, n, budget, questions))
@@ -183,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": info,
         "setup": {"checkpoint": str(ckpt), "preset": args.preset if not args.checkpoint else None, "budget": budget,
-                  "modes": MODES, "batch_wait_timeout_s": 0.01, "torch_threads_per_replica": args.torch_threads,
-                  "timed_requests_per_level": {str(c): max(args.requests, 6 * c) for c in args.concurrency},
+                  "modes": MODES, "batch_wait_timeout_s": 0.01, "linger_fraction": LINGER_FRACTION,
+                  "torch_threads_per_replica": args.torch_threads,
+                  "timed_requests_per_level": {str(c): max(args.requests, 10 * c) for c in args.concurrency},
                   "load": "closed loop over loopback HTTP (httpx), warm-up round per level not timed",
                   "latency": "client-side, request sent to reply parsed; p99 is nearest-rank"},
         "medians": medians,

@@ -63,7 +63,7 @@ logger = logging.getLogger("ray.serve")
 
 DEPLOYMENT_NAME = "MedlmServer"
 UNHEALTHY_AFTER_FAILED_BATCHES = 3
-LINGER_FRACTION = 0.1  # see DecodeMerger
+LINGER_FRACTION = 0.25  # see DecodeMerger
 MAX_BATCHES_IN_FLIGHT = 256  # batches handed to the merger at once; it decodes them max_batch_size at a time
 
 api = FastAPI(title="ME-DLM refinement server", docs_url="/docs", redoc_url=None)

@@ -153,18 +153,25 @@ def mask_diffusion(
         index = torch.tensor([offsets[a] + j for a, m in enumerate(masked) for j in m], device=device)
         logits = model(ids, cu_seqlens=cu, logits_index=index, return_insert=False).token_logits.float()
         logits[:, banned] = NEG_INF
+        # per-request Gumbel noise (own generator: the same request samples the same alone or packed)
+        start = 0
+        for a, i in enumerate(active):
+            n_m = len(masked[a])
+            if configs[i].temperature > 0:
+                u = torch.rand((n_m, logits.shape[1]), generator=gens[i]).to(device).clamp_(1e-10, 1.0)
+                logits[start : start + n_m] = logits[start : start + n_m] / configs[i].temperature - torch.log(-torch.log(u))
+            start += n_m
+        # one softmax / max for the whole packed batch, then plain-Python bookkeeping per request
+        conf_all, pred_all = torch.softmax(logits, dim=-1).max(dim=-1)
+        conf_all, pred_all = conf_all.tolist(), pred_all.tolist()
         start = 0
         for a, i in enumerate(active):
             cfg = configs[i]
             m = masked[a]
-            lg = logits[start : start + len(m)]
+            conf = conf_all[start : start + len(m)]
+            pred = pred_all[start : start + len(m)]
             start += len(m)
             nfe[i] += 1
-            if cfg.temperature > 0:
-                u = torch.rand(lg.shape, generator=gens[i]).to(device).clamp_(1e-10, 1.0)
-                lg = lg / cfg.temperature - torch.log(-torch.log(u))
-            probs = torch.softmax(lg, dim=-1)
-            conf, pred = probs.max(dim=-1)
             # candidates: masked positions of the current block
             while True:
                 b_start, b_end, b_steps = schedules[i][block_idx[i]]
@@ -175,15 +182,13 @@ def mask_diffusion(
                 steps_in_block[i] = 0
             steps_left = max(1, b_steps - steps_in_block[i])
             k = math.ceil(len(in_block) / steps_left)
-            cand_conf = conf[in_block]
             if cfg.threshold is not None:
-                k = max(k, int((cand_conf >= cfg.threshold).sum()))
+                k = max(k, sum(1 for c in in_block if conf[c] >= cfg.threshold))
             k = min(k, len(in_block))
-            chosen = torch.topk(cand_conf, k).indices.tolist()
-            pred_list = pred.tolist()
+            # most confident first; ties go to the leftmost position (deterministic)
+            chosen = sorted(in_block, key=lambda c: (-conf[c], c))[:k]
             for c in chosen:
-                pos = m[in_block[c]]
-                seqs[i][pos] = pred_list[in_block[c]]
+                seqs[i][m[c]] = pred[c]
             steps_in_block[i] += 1
         active = [i for i in active if any(t == special.mask for t in seqs[i][plen[i]:])]
     return [(seqs[i][plen[i]:], nfe[i]) for i in range(n)]

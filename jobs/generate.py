@@ -87,7 +87,8 @@ def cli(argv: list[str]) -> int:
     except (ConfigError, GenerateError) as e:
         print(f"medlm generate: error: {e}", file=sys.stderr)
         return 2
-    connect_ray(cfg)
+    if cfg.force or not plan.layout.is_complete(plan.run_id):  # a complete run is reused without Ray
+        connect_ray(cfg)
     summary = run_plan(plan, say=_say)
     for line in summary.lines():
         _say(line)

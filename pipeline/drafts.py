@@ -4,9 +4,10 @@ Ray Data plan::
 
     read_binary_files -> explode_files -> normalise_records     (CPU tasks; materialised: small, and
                                                                  duplicate ids need a global view)
-    driver: first occurrence of every id -> rejects.parquet
-    select_rows -> DraftActor (ActorPoolStrategy, model loaded once per actor)
-                -> align_table (CPU tasks) -> write_parquet(explicit schema + provenance metadata)
+    driver: first occurrence of every id; rejected rows -> rejects.parquet
+    select_rows -> repartition(batch_size)                     (materialised before the actors start)
+    -> DraftActor (ActorPoolStrategy, model loaded once per actor)
+    -> align_table + write_parquet (one capped CPU task pool; explicit schema + provenance metadata)
     driver: part hashes, row accounting, content hash -> _manifest.json -> _SUCCESS -> rename -> CURRENT
 
 Everything that can stop a job (missing checkpoint, unreadable source, unwritable output, bad
@@ -298,19 +299,22 @@ def summary_of(run_dir: Path, reused: bool, seconds: float) -> RunSummary:
     )
 
 
-def build_dataset(plan: RunPlan, say: Callable[[str], None]):
-    """Stage 1 (materialised) and the reject rows; returns (normalised dataset, duplicates, rows read)."""
+def normalise_sources(plan: RunPlan, say: Callable[[str], None]):
+    """Read + normalise + tokenise (materialised: small, and duplicates need a global view).
+
+    Returns (normalised dataset, duplicates, rows read); ``duplicates`` maps the (source_index,
+    record_no) of every later copy of an id to where the kept first copy is.
+    """
     import ray.data
 
     from pipeline.sources import duplicate_rows, explode_files, first_occurrences, normalise_records
 
-    cfg = plan.config
     normalised = (
         ray.data.read_binary_files([s.path for s in plan.sources], include_paths=True)
         .map_batches(explode_files, batch_size=1, batch_format="pyarrow",
                      fn_kwargs={"sources": [s.to_dict() for s in plan.sources]})
         .map_batches(normalise_records, batch_size=None, batch_format="pyarrow",
-                     fn_kwargs={"checkpoint": str(plan.checkpoint), "gen_len": cfg.gen_len,
+                     fn_kwargs={"checkpoint": str(plan.checkpoint), "gen_len": plan.config.gen_len,
                                 "max_response_len": plan.max_response_len, "max_total_len": plan.max_positions})
         .materialize()
     )
@@ -324,52 +328,37 @@ def build_dataset(plan: RunPlan, say: Callable[[str], None]):
     duplicates = duplicate_rows(first_occurrences(keys), keys)
     rows_read = normalised.count()
     say(f"read {rows_read} rows from {len(plan.sources)} source file(s): {len(keys) - len(duplicates)} usable, "
-        f"{rows_read - len(keys)} malformed or too long, {len(duplicates)} duplicate ids")
+        f"{rows_read - len(keys)} failed a check, {len(duplicates)} repeat an earlier id")
     return normalised, duplicates, rows_read
 
 
-def execute_run(plan: RunPlan, say: Callable[[str], None] = print) -> RunSummary:
-    """Run the Ray Data pipeline into a staging directory and commit it (see the module docstring)."""
-    import ray.data
-    from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
-    from ray.data._internal.savemode import SaveMode
+def collect_rejects(normalised, duplicates: dict, sources: list[SourceFile]) -> list[dict]:
+    """Every row that will not be drafted, with its reason (few; gathered on the driver)."""
+    from pipeline.sources import reject_records, select_rows
+
+    rejects: list[dict] = []
+    for batch in normalised.map_batches(
+        select_rows, batch_format="pyarrow", fn_kwargs={"duplicates": duplicates, "want_ok": False}
+    ).iter_batches(batch_format="pyarrow", batch_size=4096):
+        rejects += reject_records(batch, sources)
+    return rejects
+
+
+def draft_align_write(plan: RunPlan, normalised, duplicates: dict, staging: Path, provenance: dict,
+                      say: Callable[[str], None]) -> None:
+    """Usable rows -> DraftActor pool -> align tasks (which also write) -> part files in ``staging``."""
+    from ray.data import ActorPoolStrategy, SaveMode, TaskPoolStrategy
     from ray.data.datasource import FilenameProvider
 
     from pipeline.align import align_table
     from pipeline.draft_stages import DraftActor
-    from pipeline.sources import reject_records, select_rows
+    from pipeline.sources import select_rows
 
     class PartFilenames(FilenameProvider):
         def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
             return part_filename(task_index)
 
-    started = time.perf_counter()
     cfg = plan.config
-    DataContext.get_current().enable_progress_bars = not os.environ.get("CI")
-    staging = plan.layout.new_staging(plan.run_id)
-    say(f"run {plan.run_id}: staging in {staging}")
-
-    normalised, duplicates, rows_read = build_dataset(plan, say)
-    rejects = []
-    for batch in normalised.map_batches(
-        select_rows, batch_format="pyarrow", fn_kwargs={"duplicates": duplicates, "want_ok": False}
-    ).iter_batches(batch_format="pyarrow", batch_size=4096):
-        rejects += reject_records(batch, plan.sources)
-
-    min_actors, max_actors = cfg.pool_size()
-    pool = ActorPoolStrategy(size=min_actors) if min_actors == max_actors else ActorPoolStrategy(
-        min_size=min_actors, max_size=max_actors)
-    device = "cuda" if cfg.num_gpus_per_actor > 0 else "cpu"
-    say(f"drafting with {min_actors}{'' if min_actors == max_actors else f'-{max_actors}'} actor(s) on {device}")
-    provenance = {
-        "run_id": plan.run_id,
-        "checkpoint_hash": plan.checkpoint_hash,
-        "tokenizer_hash": plan.tokenizer_hash,
-        "seed": str(cfg.seed),
-        "recipe": plan.recipe.to_dict(),
-        "config": _config_record(plan),
-        "git_revision": git_revision(),
-    }
     # Materialised before the actors start: once they hold every CPU, no upstream task could run.
     usable = (
         normalised.map_batches(select_rows, batch_format="pyarrow",
@@ -377,6 +366,12 @@ def execute_run(plan: RunPlan, say: Callable[[str], None] = print) -> RunSummary
         .repartition(target_num_rows_per_block=cfg.batch_size)  # one block per draft call: spreads over actors
         .materialize()
     )
+    min_actors, max_actors = cfg.pool_size()
+    pool = ActorPoolStrategy(size=min_actors) if min_actors == max_actors else ActorPoolStrategy(
+        min_size=min_actors, max_size=max_actors)
+    device = "cuda" if cfg.num_gpus_per_actor > 0 else "cpu"
+    say(f"drafting {usable.count()} rows with {min_actors}{'' if min_actors == max_actors else f'-{max_actors}'} "
+        f"actor(s) on {device}")
     (
         usable.map_batches(
             DraftActor,
@@ -404,16 +399,22 @@ def execute_run(plan: RunPlan, say: Callable[[str], None] = print) -> RunSummary
             row_group_size=cfg.row_group_size,
             min_rows_per_file=cfg.rows_per_file,
             filename_provider=PartFilenames(),
-            mode=SaveMode.OVERWRITE,
+            mode=SaveMode.OVERWRITE,  # the staging directory is ours alone
         )
     )
-    write_rejects(staging / REJECTS, rejects)
 
-    def crash_hook(i: int, _path) -> None:
-        if os.environ.get(CRASH_HOOK_ENV) and i == 0:
-            raise RuntimeError(f"{CRASH_HOOK_ENV} is set: stopping after the first part file (test hook)")
 
-    files = describe_parts(staging, on_file=crash_hook)
+def _crash_hook(i: int, _path) -> None:
+    if os.environ.get(CRASH_HOOK_ENV) and i == 0:
+        raise RuntimeError(f"{CRASH_HOOK_ENV} is set: stopping after the first part file (test hook)")
+
+
+def write_manifest(plan: RunPlan, staging: Path, rows_read: int, rejects: list[dict], provenance: dict,
+                   started: float) -> None:
+    """Hash the parts, reconcile the row accounting, write ``_manifest.json`` then ``_SUCCESS``."""
+    import ray
+
+    files = describe_parts(staging, on_file=_crash_hook)
     written = sum(f["rows"] for f in files)
     by_reason: dict[str, int] = {}
     for r in rejects:
@@ -435,8 +436,8 @@ def execute_run(plan: RunPlan, say: Callable[[str], None] = print) -> RunSummary
         "sources": [s.to_dict() for s in plan.sources],
         "checkpoint": {"path": str(plan.checkpoint), "hash": plan.checkpoint_hash},
         "tokenizer_hash": plan.tokenizer_hash,
-        "seed": cfg.seed,
-        "config": _config_record(plan),
+        "seed": plan.config.seed,
+        "config": provenance["config"],
         "git_revision": provenance["git_revision"],
         "derived_from": plan.derived_from,
         "runtime": {
@@ -448,6 +449,31 @@ def execute_run(plan: RunPlan, say: Callable[[str], None] = print) -> RunSummary
     }
     write_json_atomic(staging / MANIFEST, manifest)
     (staging / SUCCESS).write_text("")
+
+
+def execute_run(plan: RunPlan, say: Callable[[str], None] = print) -> RunSummary:
+    """Run the Ray Data pipeline into a staging directory and commit it (see the module docstring)."""
+    from ray.data import DataContext
+
+    started = time.perf_counter()
+    DataContext.get_current().enable_progress_bars = not os.environ.get("CI")
+    staging = plan.layout.new_staging(plan.run_id)
+    say(f"run {plan.run_id}: staging in {staging}")
+    provenance = {
+        "run_id": plan.run_id,
+        "checkpoint_hash": plan.checkpoint_hash,
+        "tokenizer_hash": plan.tokenizer_hash,
+        "seed": str(plan.config.seed),
+        "recipe": plan.recipe.to_dict(),
+        "config": _config_record(plan),
+        "git_revision": git_revision(),
+    }
+    normalised, duplicates, rows_read = normalise_sources(plan, say)
+    rejects = collect_rejects(normalised, duplicates, plan.sources)
+    draft_align_write(plan, normalised, duplicates, staging, provenance, say)
+    write_rejects(staging / REJECTS, rejects)  # after the Parquet sink, which empties its directory first
+    say("hashing part files and writing the manifest")
+    write_manifest(plan, staging, rows_read, rejects, provenance, started)
     run_dir = plan.layout.commit(staging, plan.run_id)
     plan.layout.set_current(plan.run_id)
     return summary_of(run_dir, reused=False, seconds=time.perf_counter() - started)

@@ -1,0 +1,229 @@
+"""Draft pipeline throughput, align cost and memory: Ray Data (1 and 2 actors) against a plain loop.
+
+Claims measured, in one process and one Ray session so machine noise hits all of them:
+  * drafts/s through ``pipeline.drafts.run_generate`` with 1 actor >= 0.8x a plain single-process
+    loop over the same rows, model and stage functions (1 torch thread, like one actor);
+  * 2 actors >= 1.6x the plain loop on 2 cores;
+  * the align stage (``align_table`` itself, timed in the plain loop on the same drafts) < 5% of
+    the CPU time of the whole pipeline job (driver + raylet + workers, sampled with psutil);
+  * peak RSS of the job's process tree with 10x the rows <= 1.2x that with 1x (streaming, not
+    buffering whole datasets).
+Runs alternate plain / 1 actor / 2 actors for each repetition and report medians. Every Ray run
+must produce the plain loop's content hash (same rows, same labels).
+
+    python benchmarks/bench_pipeline.py [--rows 96] [--reps 3] [--preset small] [--gen-len 128] [--memory-rows 60]
+
+Why these sizes: a Ray run pays a fixed start-up (each actor imports torch + transformers, about
+7 CPU-seconds here), so the plain loop must take about a minute for the ratios to say something
+about throughput rather than start-up; 128-token drafts at the paper's 2/4/8/16 tokens per step
+with the small preset give that with ~100 rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+os.environ.setdefault("CI", "1")  # no progress bars in benchmark output
+
+import psutil  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from benchmarks.common import median, write_result  # noqa: E402
+from medlm.checkpoint import load_checkpoint, new_model, save_checkpoint  # noqa: E402
+from medlm.tasks.toy import generate_problems, write_jsonl  # noqa: E402
+from medlm.tokenizer import build_default_tokenizer, special_ids  # noqa: E402
+from pipeline.align import align_table  # noqa: E402
+from pipeline.draft_stages import draft_table  # noqa: E402
+from pipeline.drafts import GenerateConfig, plan_run, run_generate  # noqa: E402
+from pipeline.shards import DRAFT_SCHEMA, content_hash  # noqa: E402
+from pipeline.sources import (  # noqa: E402
+    duplicate_rows,
+    first_occurrences,
+    normalise_records,
+    records_of_file,
+    select_rows,
+)
+
+
+class TreeSampler:
+    """Samples RSS (sum) and CPU time of this process and all descendants every ``interval`` s.
+
+    CPU time of a process that exits between samples is kept at its last sampled value.
+    """
+
+    def __init__(self, interval: float = 0.2):
+        self.interval = interval
+        self.peak_rss = 0
+        self.cpu_seen: dict[int, float] = {}
+        self.cpu_start: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        procs = [me] + me.children(recursive=True)
+        rss = 0
+        for p in procs:
+            try:
+                rss += p.memory_info().rss
+                t = p.cpu_times()
+                self.cpu_seen[p.pid] = t.user + t.system
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        self.peak_rss = max(self.peak_rss, rss)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._sample()
+        self.cpu_start = dict(self.cpu_seen)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(t - self.cpu_start.get(pid, 0.0) for pid, t in self.cpu_seen.items())
+
+
+def plain_loop(cfg: GenerateConfig, out_file: Path) -> dict:
+    """The same stages, sequentially, in this process: what one would write without Ray."""
+    import torch
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    plan = plan_run(cfg)
+    torch.set_num_threads(1)
+    model, tok = load_checkpoint(plan.checkpoint)
+    sp = special_ids(tok)
+    normalised = pa.concat_tables(
+        normalise_records(records_of_file(i, s), checkpoint=str(plan.checkpoint), gen_len=cfg.gen_len,
+                          max_response_len=plan.max_response_len, max_total_len=plan.max_positions)
+        for i, s in enumerate(plan.sources)
+    )
+    keys = [(r["id"], r["source_index"], r["record_no"])
+            for r in normalised.select(["id", "source_index", "record_no", "status"]).to_pylist() if r["status"] == "ok"]
+    ok = select_rows(normalised, duplicates=duplicate_rows(first_occurrences(keys), keys), want_ok=True)
+    align_cpu = 0.0
+    with pq.ParquetWriter(out_file, DRAFT_SCHEMA, compression="zstd") as writer:
+        for start in range(0, ok.num_rows, cfg.batch_size):
+            drafted = draft_table(model, sp, ok.slice(start, cfg.batch_size), plan.recipe, cfg.tokens_per_forward)
+            t = time.process_time()
+            aligned = align_table(drafted, del_id=sp.delete)
+            align_cpu += time.process_time() - t
+            writer.write_table(aligned)
+    return {"seconds": time.perf_counter() - started, "cpu_s": time.process_time() - cpu_started,
+            "rows": ok.num_rows, "align_cpu_s": align_cpu, "content_hash": content_hash([out_file])}
+
+
+def ray_run(cfg: GenerateConfig) -> dict:
+    with TreeSampler() as sampler:
+        started = time.perf_counter()
+        summary = run_generate(cfg, say=lambda m: None)
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds, "rows": summary.rows_written, "content_hash": summary.content_hash,
+            "tree_cpu_s": sampler.cpu_seconds, "peak_rss_mb": sampler.peak_rss / 2**20}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=96)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--gen-len", type=int, default=128)
+    ap.add_argument("--memory-rows", type=int, default=60, help="1x rows of the memory comparison (10x = ten times)")
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+
+    import ray
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    work.mkdir(parents=True, exist_ok=True)
+    tok = build_default_tokenizer()
+    ckpt = work / f"ckpt-{args.preset}"
+    save_checkpoint(new_model(args.preset, tok, seed=0), tok, ckpt)
+    rows_file = work / "rows.jsonl"
+    write_jsonl(generate_problems(args.rows, seed=11), rows_file)
+    mem_files = {}
+    for scale in (1, 10):
+        mem_files[scale] = work / f"memory-{scale}x.jsonl"
+        write_jsonl(generate_problems(args.memory_rows * scale, seed=12), mem_files[scale])
+
+    base = dict(checkpoint=str(ckpt), output=str(work / "out"), gen_len=args.gen_len, tokens_per_step=[2, 4, 8, 16],
+                intermediate_prob=0.25, max_intermediate_edit_steps=2, batch_size=8, rows_per_file=64, force=True)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        print(f"warm-up ({args.preset} model, {args.gen_len}-token drafts)", flush=True)
+        run_generate(GenerateConfig(source=str(mem_files[1]), run_id="warmup", num_actors=2, **base), say=lambda m: None)
+        results: dict[str, list] = {"plain": [], "ray_1_actor": [], "ray_2_actors": []}
+        for rep in range(args.reps):
+            plain = plain_loop(GenerateConfig(source=str(rows_file), **base), work / f"plain-{rep}.parquet")
+            results["plain"].append(plain)
+            for n, key in ((1, "ray_1_actor"), (2, "ray_2_actors")):
+                results[key].append(ray_run(GenerateConfig(source=str(rows_file), run_id=f"rate-{n}-{rep}",
+                                                           num_actors=n, **base)))
+            print(f"rep {rep + 1}/{args.reps}: " + ", ".join(
+                f"{k} {v[-1]['rows'] / v[-1]['seconds']:.2f} drafts/s" for k, v in results.items()), flush=True)
+
+        memory = {}
+        for scale in (1, 10):
+            r = ray_run(GenerateConfig(source=str(mem_files[scale]), run_id=f"memory-{scale}x", num_actors=2,
+                                       **{**base, "tokens_per_step": [16], "intermediate_prob": 0.0}))
+            memory[f"{scale}x"] = {"rows": r["rows"], "seconds": round(r["seconds"], 2),
+                                   "peak_rss_mb": round(r["peak_rss_mb"], 1)}
+            print(f"memory {scale}x: {r['rows']} rows, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+    finally:
+        ray.shutdown()
+
+    rate = {k: median([r["rows"] / r["seconds"] for r in v]) for k, v in results.items()}
+    align_cpu = median([r["align_cpu_s"] for r in results["plain"]])
+    pipeline_cpu = median([r["tree_cpu_s"] for r in results["ray_2_actors"]])
+    hashes = {r["content_hash"] for v in results.values() for r in v}
+    ratios = {"ray_1_actor_vs_plain": rate["ray_1_actor"] / rate["plain"],
+              "ray_2_actors_vs_plain": rate["ray_2_actors"] / rate["plain"],
+              "align_share_of_pipeline_cpu": align_cpu / pipeline_cpu,
+              "memory_10x_vs_1x": memory["10x"]["peak_rss_mb"] / memory["1x"]["peak_rss_mb"]}
+    goals = {"ray_1_actor >= 0.8x plain": ratios["ray_1_actor_vs_plain"] >= 0.8,
+             "ray_2_actors >= 1.6x plain": ratios["ray_2_actors_vs_plain"] >= 1.6,
+             "align < 5% of pipeline CPU": ratios["align_share_of_pipeline_cpu"] < 0.05,
+             "peak memory 10x <= 1.2x 1x": ratios["memory_10x_vs_1x"] <= 1.2,
+             "all runs give the same content hash": len(hashes) == 1}
+    payload = {
+        "setup": {"preset": args.preset, "rows": args.rows, "reps": args.reps, "gen_len": args.gen_len,
+                  "tokens_per_step": base["tokens_per_step"], "batch_size": base["batch_size"],
+                  "memory_rows_1x": args.memory_rows, "ray_num_cpus": 2,
+                  "plain_loop_torch_threads": 1, "note": "shared 2-core machine; other jobs ran concurrently"},
+        "drafts_per_second_median": {k: round(v, 3) for k, v in rate.items()},
+        "seconds_per_run": {k: [round(r["seconds"], 2) for r in v] for k, v in results.items()},
+        "cpu_seconds_median": {"plain": round(median([r["cpu_s"] for r in results["plain"]]), 2),
+                               **{k: round(median([r["tree_cpu_s"] for r in results[k]]), 2)
+                                  for k in ("ray_1_actor", "ray_2_actors")}},
+        "align_cpu_seconds_median": round(align_cpu, 3),
+        "pipeline_tree_cpu_seconds_median_2_actors": round(pipeline_cpu, 2),
+        "memory": memory,
+        "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        "goals_met": goals,
+    }
+    write_result("bench_pipeline", payload)
+    for k, v in goals.items():
+        print(f"{'met ' if v else 'MISSED'}  {k}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -126,9 +126,9 @@ def train_records(result: dict) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def mask_run(ray_local, workspace):
-    """ZeRO-2, mask objective: a dozen steps on 24 toy rows (shared by two tests)."""
-    cfg = tiny_config(workspace, "zero2-mask", zero_stage=2, max_steps=12, warmup_steps=2, log_every=4,
-                      checkpoint_every=12)
+    """ZeRO-2, mask objective, two micro-steps per step: a dozen steps on 24 toy rows (shared by two tests)."""
+    cfg = tiny_config(workspace, "zero2-mask", zero_stage=2, grad_accum=2, max_steps=12, warmup_steps=2,
+                      log_every=4, checkpoint_every=12)
     return run_training(cfg)
 
 
@@ -191,6 +191,7 @@ def test_zero2_mask_loss_decreases_on_fixed_set(mask_run, workspace):
     assert mask_run["steps"] == 12
     records = train_records(mask_run)
     assert [r["step"] for r in records] == [4, 8, 12]
+    assert all(r["mask_seqs"] == 4 * 2 * 2 * 3 for r in records)  # steps x micro-steps x workers x rows of 3
     assert records[-1]["loss"] < records[0]["loss"]
     assert sum(r["packing_waste"] for r in records) / len(records) < 0.05
     assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 for r in records)

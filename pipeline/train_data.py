@@ -31,7 +31,6 @@ from pipeline.sources import OK, SourceError, explode_files, normalise_records, 
 
 DRAFT_COLUMNS = ("id", "prompt_ids", "target_ids", "draft_ids", "token_target", "insert_target")
 EDIT_COLUMNS = ("id", "prompt_ids", "draft_ids", "token_target", "insert_target")
-MASK_COLUMNS = ("id", "prompt_ids", "answers_ids")
 
 
 class DataError(ValueError):
@@ -126,7 +125,8 @@ def check_edit_rows(batch: pa.Table) -> pa.Table:
         pc.invert(prompt_ok), "empty_prompt",
         pc.if_else(pc.and_(tok_ok, ins_ok), "", "label_length_mismatch"),
     )
-    batch = batch.append_column("n_tokens", pc.cast(pc.add(n_prompt, n_draft), pa.int64()))
+    reason = pc.fill_null(reason, "null_tokens")  # a null list makes every test above null
+    batch = batch.append_column("n_tokens", pc.cast(pc.fill_null(pc.add(n_prompt, n_draft), 0), pa.int64()))
     return batch.append_column("reason", reason)
 
 

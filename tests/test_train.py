@@ -26,7 +26,7 @@ from jobs.config import ConfigError, load_config  # noqa: E402
 from medlm.checkpoint import load_checkpoint  # noqa: E402
 from medlm.edits import count_edits, edit_distance, edit_labels  # noqa: E402
 from medlm.losses import mixture_loss  # noqa: E402
-from medlm.packing import collate, edit_example, mask_example  # noqa: E402
+from medlm.packing import collate, mask_example  # noqa: E402
 from medlm.sampling import DecodeConfig, generate  # noqa: E402
 from medlm.tasks.toy import generate_problems, write_jsonl  # noqa: E402
 from medlm.tokenizer import chat_prompt_ids, decode_response, load_tokenizer, response_ids, special_ids  # noqa: E402

@@ -34,7 +34,7 @@ except Exception:  # pragma: no cover - flash-attn is not installable on CPU mac
 
 PRESETS: dict[str, dict] = {
     # tests: < 1M parameters with a 1k vocabulary
-    "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+    "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=256),
     # CPU demo: a few million parameters
     "small": dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=6,

@@ -3,6 +3,9 @@
 One local Ray for the module; every training run is a real ``TorchTrainer`` fit (gloo, DeepSpeed
 fp32 on CPU) of a few steps on generated toy problems and a small draft run written with the draft
 pipeline's own shard helpers. Bad input is refused on the driver before any worker starts.
+
+The three training tests are marked ``slow`` (five worker-group start-ups in all); the refusal tests
+alone run with ``pytest -m "not slow" tests/test_train.py``.
 """
 
 from __future__ import annotations
@@ -187,6 +190,7 @@ def test_bad_data_stops_before_training(ray_local, workspace):
 # ------------------------------------------------------------------ training runs
 
 
+@pytest.mark.slow  # a Ray Train worker group start-up is 20-60 s on two shared cores
 def test_zero2_mask_loss_decreases_on_fixed_set(mask_run, workspace):
     assert mask_run["steps"] == 12
     records = train_records(mask_run)
@@ -211,6 +215,7 @@ def test_zero2_mask_loss_decreases_on_fixed_set(mask_run, workspace):
     assert losses["trained"] < 0.85 * losses["start"], losses
 
 
+@pytest.mark.slow  # a Ray Train worker group start-up is 20-60 s on two shared cores
 def test_zero1_mixture_rerun_resumes_and_survives_a_worker_failure(ray_local, workspace):
     cfg = tiny_config(workspace, "zero1-mixture", objective="mixture", draft_runs=[str(workspace.drafts)],
                       mix_ratio=0.5, max_len=MIXED_MAX_LEN, max_steps=2, checkpoint_every=2, max_failures=1)
@@ -236,6 +241,7 @@ def test_zero1_mixture_rerun_resumes_and_survives_a_worker_failure(ray_local, wo
     assert json.loads((Path(second["export_dir"]) / "medlm_meta.json").read_text())["trained_steps"] == 5
 
 
+@pytest.mark.slow  # a Ray Train worker group start-up is 20-60 s on two shared cores
 def test_zero3_online_drafts_from_an_export_then_decode(mask_run, workspace):
     cfg = tiny_config(workspace, "zero3-online", objective="online", init_from=mask_run["export_dir"],
                       zero_stage=3, mix_ratio=0.5, max_steps=2, online_tokens_per_step=[8, 16])

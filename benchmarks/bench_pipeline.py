@@ -60,7 +60,7 @@ class TreeSampler:
     CPU time of a process that exits between samples is kept at its last sampled value.
     """
 
-    def __init__(self, interval: float = 0.2):
+    def __init__(self, interval: float):
         self.interval = interval
         self.peak_rss = 0
         self.cpu_seen: dict[int, float] = {}
@@ -128,16 +128,19 @@ def plain_loop(cfg: GenerateConfig, out_file: Path) -> dict:
             align_cpu += time.process_time() - t
             writer.write_table(aligned)
     return {"seconds": time.perf_counter() - started, "cpu_s": time.process_time() - cpu_started,
+            "load_1min_after": os.getloadavg()[0],
             "rows": ok.num_rows, "align_cpu_s": align_cpu, "content_hash": content_hash([out_file])}
 
 
-def ray_run(cfg: GenerateConfig) -> dict:
-    with TreeSampler() as sampler:
+def ray_run(cfg: GenerateConfig, sample_every: float) -> dict:
+    """One pipeline job; the sampler runs in this (driver) process, so it samples rarely during timed runs."""
+    with TreeSampler(sample_every) as sampler:
         started = time.perf_counter()
         summary = run_generate(cfg, say=lambda m: None)
         seconds = time.perf_counter() - started
     return {"seconds": seconds, "rows": summary.rows_written, "content_hash": summary.content_hash,
-            "tree_cpu_s": sampler.cpu_seconds, "peak_rss_mb": sampler.peak_rss / 2**20}
+            "tree_cpu_s": sampler.cpu_seconds, "peak_rss_mb": sampler.peak_rss / 2**20,
+            "load_1min_after": os.getloadavg()[0]}
 
 
 def main() -> int:
@@ -176,14 +179,15 @@ def main() -> int:
             results["plain"].append(plain)
             for n, key in ((1, "ray_1_actor"), (2, "ray_2_actors")):
                 results[key].append(ray_run(GenerateConfig(source=str(rows_file), run_id=f"rate-{n}-{rep}",
-                                                           num_actors=n, **base)))
+                                                           num_actors=n, **base), sample_every=1.0))
             print(f"rep {rep + 1}/{args.reps}: " + ", ".join(
                 f"{k} {v[-1]['rows'] / v[-1]['seconds']:.2f} drafts/s" for k, v in results.items()), flush=True)
 
         memory = {}
         for scale in (1, 10):
             r = ray_run(GenerateConfig(source=str(mem_files[scale]), run_id=f"memory-{scale}x", num_actors=2,
-                                       **{**base, "tokens_per_step": [16], "intermediate_prob": 0.0}))
+                                       **{**base, "tokens_per_step": [16], "intermediate_prob": 0.0}),
+                       sample_every=0.25)
             memory[f"{scale}x"] = {"rows": r["rows"], "seconds": round(r["seconds"], 2),
                                    "peak_rss_mb": round(r["peak_rss_mb"], 1)}
             print(f"memory {scale}x: {r['rows']} rows, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
@@ -210,6 +214,7 @@ def main() -> int:
                   "plain_loop_torch_threads": 1, "note": "shared 2-core machine; other jobs ran concurrently"},
         "drafts_per_second_median": {k: round(v, 3) for k, v in rate.items()},
         "seconds_per_run": {k: [round(r["seconds"], 2) for r in v] for k, v in results.items()},
+        "machine_load_1min_after_each_run": {k: [round(r["load_1min_after"], 1) for r in v] for k, v in results.items()},
         "cpu_seconds_median": {"plain": round(median([r["cpu_s"] for r in results["plain"]]), 2),
                                **{k: round(median([r["tree_cpu_s"] for r in results[k]]), 2)
                                   for k in ("ray_1_actor", "ray_2_actors")}},

@@ -38,10 +38,10 @@ class DemoConfig:
     num_workers: int = 2
     zero_stage: int = 2
     # base model: masked diffusion on references
-    base_steps: int = 900
+    base_steps: int = 600
     base_lr: float = 2e-3
     # refiner: mixture of mask and edit examples on drafts of the base model
-    refine_steps: int = 500
+    refine_steps: int = 250
     refine_lr: float = 5e-4
     mix_ratio: float = 0.5
     draft_rows: int = 1500
@@ -55,8 +55,8 @@ class DemoConfig:
     @classmethod
     def quick_preset(cls, **overrides) -> "DemoConfig":
         """A 3-minute smoke version: tiny model, few steps; numbers mean little."""
-        base = dict(quick=True, run_name="demo-quick", preset="tiny", train_problems=400, test_problems=40,
-                    base_steps=60, base_lr=3e-3, refine_steps=40, draft_rows=120, max_len=512, eval_batch_size=40,
+        base = dict(quick=True, run_name="demo-quick", preset="tiny", train_problems=400, test_problems=24,
+                    base_steps=40, base_lr=3e-3, refine_steps=20, draft_rows=80, max_len=512, eval_batch_size=40,
                     out="artifacts/demo-quick")
         base.update(overrides)
         return cls(**base)

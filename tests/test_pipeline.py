@@ -269,7 +269,9 @@ def test_from_run_regenerates_same_rows_and_recipe_with_newer_checkpoint(two_act
     assert new.content_hash != old.content_hash
 
 
-def test_inspect_prints_polars_summary(two_actor_run, capsys):
+def test_inspect_prints_polars_summary(two_actor_run, out_dir, capsys):
+    assert inspect_run.cli([str(out_dir)]) == 0, "an output directory means its CURRENT run"
+    assert capsys.readouterr().out.startswith(f"run {current_run(out_dir).name} ")
     assert inspect_run.cli([str(two_actor_run)]) == 0
     out = capsys.readouterr().out
     assert f"written {EXPECTED_WRITTEN} + rejected {sum(EXPECTED_REJECTS.values())}" in out
@@ -303,7 +305,7 @@ def test_fail_fast_before_any_work(work, checkpoints, source_dir, capsys):
     assert not out.exists() or not any((out / "runs").iterdir()), "nothing may be written before the checks pass"
 
 
-def test_open_run_refuses_other_schema_versions(two_actor_run, tmp_path):
+def test_open_run_refuses_other_schema_versions(two_actor_run, tmp_path, capsys):
     fake = tmp_path / "old-run"
     fake.mkdir()
     manifest = json.loads((two_actor_run / "_manifest.json").read_text())
@@ -311,3 +313,5 @@ def test_open_run_refuses_other_schema_versions(two_actor_run, tmp_path):
     (fake / "_SUCCESS").write_text("")
     with pytest.raises(RunNotReady, match="medlm.drafts.v0"):
         open_run(fake)
+    assert inspect_run.cli([str(fake)]) == 2
+    assert "schema version 'medlm.drafts.v0'" in capsys.readouterr().err

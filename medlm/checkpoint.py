@@ -29,8 +29,12 @@ def save_checkpoint(model: MedlmForEditing, tokenizer, out_dir: str | Path, extr
     return out
 
 
-def check_checkpoint_dir(path: str | Path) -> Path:
-    """Fail early, naming the problem, when ``path`` is not a medlm checkpoint."""
+def check_checkpoint_dir(path: str | Path, require_insert_head: bool = True) -> Path:
+    """Fail early, naming the problem, when ``path`` is not a medlm checkpoint.
+
+    Without ``insert_head.weight`` the model can draft but not refine; only callers that need no
+    editing (mask-only evaluation) pass ``require_insert_head=False``.
+    """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
@@ -51,14 +55,17 @@ def check_checkpoint_dir(path: str | Path) -> Path:
     for f in weights:
         with safe_open(str(f), framework="pt") as fh:
             names.update(fh.keys())
-    if "insert_head.weight" not in names:
+    if require_insert_head and "insert_head.weight" not in names:
         raise ValueError(f"{path} has no insertion head (insert_head.weight): it cannot refine drafts")
     return path
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+    require_insert_head: bool = True,
+):
     """Load (model, tokenizer) from a medlm checkpoint directory; the model is put in eval mode."""
-    path = check_checkpoint_dir(path)
+    path = check_checkpoint_dir(path, require_insert_head=require_insert_head)
     hf_logging.disable_progress_bar()
     model = MedlmForEditing.from_pretrained(str(path), dtype=dtype or torch.float32)
     model.to(device).eval()

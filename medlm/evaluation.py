@@ -187,7 +187,7 @@ def load_eval_model(checkpoint: str | Path, device: Optional[str] = None):
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    model, tokenizer = load_checkpoint(checkpoint, device=device, dtype=dtype)
+    model, tokenizer = load_checkpoint(checkpoint, device=device, dtype=dtype, require_insert_head=False)
     if not checkpoint_has_insertion_head(checkpoint):
         del model.insert_head
     return model, tokenizer

@@ -91,7 +91,7 @@ def _check_inputs(checkpoint: Path, task: str, budgets: Sequence[Budget], gen_le
     for name, value in (("batch_size", batch_size), ("num_actors", num_actors)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    check_checkpoint_dir(checkpoint)
+    check_checkpoint_dir(checkpoint, require_insert_head=False)
     max_positions = MedlmConfig.from_pretrained(str(checkpoint)).max_position_embeddings
     has_head = checkpoint_has_insertion_head(checkpoint)
     resolved = []

@@ -14,7 +14,6 @@ Stages (all plain functions, so the Ray pipeline and a single-process loop share
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.shards import file_sha256
 from medlm.data import RowError, encode_example, normalise_row, parse_json_line, stable_row_id
 from medlm.tokenizer import load_tokenizer, response_ids
 
@@ -69,14 +69,6 @@ class SourceFile:
         return asdict(self)
 
 
-def _sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _format_of(path: Path) -> str:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -113,7 +105,7 @@ def resolve_sources(source: str | Path | Iterable[str | Path]) -> list[SourceFil
         seen.add(path)
         fmt = _format_of(path)
         try:
-            digest = _sha256_of(path)
+            digest = file_sha256(path)
             if fmt == "parquet":
                 pq.ParquetFile(path).metadata  # a corrupt footer fails here, not in a worker
         except (OSError, pa.ArrowException) as e:

@@ -76,6 +76,27 @@ def test_labels_are_shaped_and_deterministic(noisy, clean):
     assert r + d + i + left == Levenshtein.distance(noisy, clean)
 
 
+def region_by_region_labels(noisy, clean, del_id):
+    """The tie-break written out region by region (the slower form edit_labels had before its runs)."""
+    token_target, insert_target = list(noisy), [NO_INSERT] * (len(noisy) + 1)
+    i = j = 0
+    for block in Levenshtein.editops(noisy, clean).as_matching_blocks():
+        a, b = block.a, block.b
+        p, q = a - i, b - j
+        token_target[i : i + min(p, q)] = clean[j : j + min(p, q)]
+        token_target[i + min(p, q) : a] = [del_id] * max(0, p - q)
+        if q > p:
+            insert_target[a] = clean[j + p]
+        i, j = a + block.size, b + block.size
+    return token_target, insert_target
+
+
+@settings(max_examples=500, deadline=None)
+@given(tokens, tokens)
+def test_labels_match_the_region_by_region_statement(noisy, clean):
+    assert edit_labels(noisy, clean, del_id=DEL) == region_by_region_labels(noisy, clean, DEL)
+
+
 def test_batch_form_accepts_lists_and_arrow():
     noisy = [[1, 2, 3], [], [4, 4]]
     clean = [[1, 3], [5], [4, 4, 4]]

@@ -245,7 +245,7 @@ def _error_record(task: str, sample: dict, budget: Budget, reason: str, detail: 
         "time_s": 0.0, "error": {"reason": reason, "detail": detail},
     }
     if task == "toy":
-        record.update(valid_before=False, valid_after=False)
+        record.update(valid_before=False, valid_after=False, skeleton_valid_before=False, skeleton_valid_after=False)
     return record
 
 
@@ -263,7 +263,9 @@ def score_decoded(task: str, sample: dict, budget: Budget, draft: str, refined: 
         "error": err_before or err_after,
     }
     if task == "toy":
-        record.update(valid_before=bool(before.get("valid", False)), valid_after=bool(after.get("valid", False)))
+        record.update(valid_before=bool(before.get("valid", False)), valid_after=bool(after.get("valid", False)),
+                      skeleton_valid_before=bool(before.get("skeleton_valid", False)),
+                      skeleton_valid_after=bool(after.get("skeleton_valid", False)))
     return record
 
 
@@ -362,6 +364,9 @@ def summarise(records: Sequence[dict]) -> dict:
     if records and all("valid_after" in r for r in records):
         summary["valid_before"] = _mean([float(r["valid_before"]) for r in records])
         summary["valid_after"] = _mean([float(r["valid_after"]) for r in records])
+    if records and all("skeleton_valid_after" in r for r in records):
+        summary["skeleton_valid_before"] = _mean([float(r["skeleton_valid_before"]) for r in records])
+        summary["skeleton_valid_after"] = _mean([float(r["skeleton_valid_after"]) for r in records])
     return summary
 
 

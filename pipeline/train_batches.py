@@ -151,7 +151,11 @@ class ExampleStream:
         prompt = rows.prompt[i]
         wants_draft = self.objective == "online" and rng.random() < self.mix_ratio
         refs = rows.refs[i]
-        ex = mask_example(prompt, refs[0], self.special, rng, gen_len=self.gen_len)
+        # one valid phrasing per example, drawn from (seed, row, epoch): a task with several valid
+        # answers must train a model that knows them all, or parallel decoding has nothing to mix
+        # and the editor nothing to repair (always the first reference made the base model unimodal)
+        target = refs[rng.randrange(len(refs))] if len(refs) > 1 else refs[0]
+        ex = mask_example(prompt, target, self.special, rng, gen_len=self.gen_len)
         if wants_draft:
             ex[DRAFT_REQUEST] = {"id": rows.ids[i], "prompt": prompt, "refs": refs}
         return ex

@@ -261,3 +261,27 @@ def test_zero3_online_drafts_from_an_export_then_decode(mask_run, workspace):
     assert len(out.output_ids) <= GEN_LEN and all(0 <= t < model.config.vocab_size for t in out.output_ids)
     assert generate(model, [prompt], decode, sp)[0].output_ids == out.output_ids  # greedy decoding is repeatable
     assert isinstance(decode_response(tok, out.output_ids), str)
+
+
+def test_mask_examples_draw_every_valid_phrasing_reproducibly():
+    """Regression: mask examples once always used the first reference, so a task with several valid
+    answers trained a unimodal base model. Each example now draws one phrasing from (seed, row, epoch)."""
+    from pipeline.train_batches import ExampleStream, MaskRows
+
+    sp = SimpleNamespace(mask=0, delete=1, pad=2, im_start=3, im_end=4, eos=5, no_insert=2)
+    answers = [[10 + k, 20 + k, 4] for k in range(4)]  # four valid phrasings of one problem
+    table = pa.table({"id": ["p0"], "prompt_ids": pa.array([[3, 7, 4]], pa.list_(pa.int32())),
+                      "answers_ids": pa.array([answers], pa.list_(pa.list_(pa.int32())))})
+
+    def targets(seed: int) -> list[tuple]:
+        stream = ExampleStream("mask", sp, gen_len=4, mix_ratio=0.0, seed=seed, rank=0, mask_rows=MaskRows(table))
+        out = []
+        for _ in range(40):  # one row: one example per epoch
+            ex = next(stream)
+            labels = ex["token_labels"][3:]
+            out.append(tuple(ex["input_ids"][3 + j] if lab == -100 else lab for j, lab in enumerate(labels)))
+        return out
+
+    drawn = targets(seed=0)
+    assert {t[:3] for t in drawn} == {tuple(a) for a in answers}  # every phrasing is trained on
+    assert targets(seed=0) == drawn  # the same (seed, row, epoch) draws the same phrasing

@@ -15,6 +15,7 @@ from typing import Optional
 OBJECTIVES = ("mask", "edit", "mixture", "online")
 ZERO_STAGES = (1, 2, 3)
 PRECISIONS = ("auto", "bf16", "fp32")
+PROBES = ("none", "toy")
 
 
 @dataclass
@@ -64,6 +65,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_failures: int = 0
     log_every: int = 10
+    # "toy": every log step, also measure how well the model fills in masked numbers of held-out toy
+    # answers (medlm.probe: copied operands vs computed results vs words), to see a stalled run early
+    probe: str = "none"
+    probe_problems: int = 64
     seed: int = 0
     fail_at_step: Optional[int] = None  # test hook: the last worker raises once when reaching this step
 
@@ -100,6 +105,8 @@ class TrainConfig:
         need(isinstance(self.deepspeed_overrides, dict), "deepspeed_overrides must be a mapping")
         need(isinstance(self.sources, list) and isinstance(self.draft_runs, list),
              "sources and draft_runs must be lists of paths")
+        need(self.probe in PROBES, f"probe={self.probe!r} is not one of {', '.join(PROBES)}")
+        need(self.probe_problems >= 1, f"probe_problems={self.probe_problems} must be >= 1")
         need(self.toy_problems >= 0, f"toy_problems={self.toy_problems} must be >= 0")
         needs_sources = self.objective in ("mask", "mixture", "online")
         needs_drafts = self.objective in ("edit", "mixture")

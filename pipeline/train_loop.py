@@ -31,6 +31,7 @@ from medlm.checkpoint import load_checkpoint, save_checkpoint
 from medlm.losses import mixture_loss
 from medlm.modeling import MedlmForEditing
 from medlm.packing import collate
+from medlm.probe import number_probe
 from medlm.tokenizer import special_ids
 from pipeline.ds_config import lr_factor
 from pipeline.online_drafts import draft_rate, resolve_drafts
@@ -130,6 +131,23 @@ class Worker:
         self._restore()
         self.stream = self._open_stream()
         self.packer = Packer(self.stream, cfg.max_len, cfg.micro_batch_rows)
+        self.probe_problems = self._probe_problems()
+
+    def _probe_problems(self) -> list:
+        if self.cfg.probe != "toy":
+            return []
+        from medlm.tasks.toy import generate_problems
+
+        return generate_problems(self.cfg.probe_problems, seed=self.cfg.seed, split="valid")
+
+    def _probe(self) -> dict:
+        """The number probe on held-out toy problems. Every rank runs it: under ZeRO-3 a forward pass
+        needs all ranks to gather parameters; the ranks see the same problems and agree."""
+        if not self.probe_problems:
+            return {}
+        result = number_probe(self.engine.module, self.tokenizer, self.probe_problems, gen_len=self.cfg.gen_len,
+                              seed=self.cfg.seed)
+        return {f"probe_{k}": v for k, v in result.items() if k != "n"}
 
     # -------------------------------------------------------------- resume
 
@@ -273,14 +291,17 @@ class Worker:
                 "step": self.step, **summary, "lr": float(self.engine.get_lr()[0]),
                 "tokens_per_s": summary["tokens"] / max(elapsed, 1e-9), "tokens_seen": self.tokens_seen,
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                **self._probe(),
             }
             if self.rank == 0:
                 append_metrics(metrics_path, {"event": "train", **metrics})
                 edit = f" edit {metrics['edit_loss']:.4f}" if metrics["edit_loss"] is not None else ""
                 mask = f" mask {metrics['mask_loss']:.4f}" if metrics["mask_loss"] is not None else ""
+                probe = "".join(f" {k[6:]} {metrics[k]:.2f}" for k in ("probe_copy", "probe_arith", "probe_word")
+                                if metrics.get(k) is not None)
                 print(f"[train] step {self.step}/{cfg.max_steps} loss {metrics['loss']:.4f}{mask}{edit} "
                       f"lr {metrics['lr']:.2e} tok/s {metrics['tokens_per_s']:.0f} "
-                      f"waste {100 * metrics['packing_waste']:.1f}%", flush=True)
+                      f"waste {100 * metrics['packing_waste']:.1f}%{probe}", flush=True)
                 if metrics["packing_waste"] > WASTE_WARNING:
                     print(f"[train] packing waste {100 * metrics['packing_waste']:.1f}% is above "
                           f"{100 * WASTE_WARNING:.0f}%: max_len={cfg.max_len} fits the examples badly", flush=True)

@@ -3,6 +3,9 @@
 ``small`` preset, a packed batch of 16 drafts of ~64 tokens behind ~24-token prompts. The model's
 forward is wrapped with a timer; the rest of ``medlm.sampling.edit_step`` (packing, softmax/argmax,
 proposals, applying edits) is bookkeeping. Goal: at most 10%.
+
+    python benchmarks/bench_sampling.py          # 105 edit steps of batch 16: 5-15 min on 2 cores
+    python benchmarks/bench_sampling.py --quick  # smoke run (tiny preset), bench_sampling.smoke.json
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.common import median, write_result  # noqa: E402
+from benchmarks.common import add_quick_flag, median, start, write_result  # noqa: E402
 from medlm.checkpoint import new_model  # noqa: E402
 from medlm.sampling import DecodeConfig, EditState, edit_step  # noqa: E402
 from medlm.tokenizer import special_ids, stdlib_corpus, train_tokenizer  # noqa: E402
@@ -47,7 +50,11 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--preset", default="small")
+    add_quick_flag(ap)
     args = ap.parse_args()
+    if args.quick:
+        args.batch, args.steps, args.repeats, args.preset = 4, 3, 2, "tiny"
+    started = start("bench_sampling")
     tok = train_tokenizer(stdlib_corpus(max_files=20), vocab_size=1024)
     sp = special_ids(tok)
     model = new_model(args.preset, tok, seed=0).eval()
@@ -82,7 +89,7 @@ def main() -> int:
         "steps_per_repeat": args.steps, "repeats": args.repeats,
         "edit_step_ms_median": median(step_ms), "bookkeeping_share_median": share, "bookkeeping_share_all": shares,
         "goal": "bookkeeping <= 10% of an edit step", "goal_met": share <= 0.10,
-    })
+    }, started=started, quick=args.quick)
     return 0
 
 

@@ -127,9 +127,17 @@ def _block_schedule(cfg: DecodeConfig) -> list[tuple[int, int, int]]:
 
 @torch.no_grad()
 def mask_diffusion(
-    model, prompts: Sequence[Sequence[int]], configs: Sequence[DecodeConfig], special: SpecialIds
+    model,
+    prompts: Sequence[Sequence[int]],
+    configs: Sequence[DecodeConfig],
+    special: SpecialIds,
+    on_step: Optional[Callable[[int, int, list[int]], None]] = None,
 ) -> list[tuple[list[int], int]]:
-    """Draft each response by masked diffusion. Returns (raw response of gen_len tokens, NFE) per prompt."""
+    """Draft each response by masked diffusion. Returns (raw response of gen_len tokens, NFE) per prompt.
+
+    ``on_step(seq_index, step, response)`` sees every sequence's raw response (``<|mask|>`` where not yet
+    committed) after each of its steps, for streaming; it only reads, so results do not change.
+    """
     device = _model_device(model)
     vocab = model.config.vocab_size
     n = len(prompts)
@@ -190,6 +198,8 @@ def mask_diffusion(
             for c in chosen:
                 seqs[i][m[c]] = pred[c]
             steps_in_block[i] += 1
+            if on_step is not None:
+                on_step(i, nfe[i], seqs[i][plen[i]:])
         active = [i for i in active if any(t == special.mask for t in seqs[i][plen[i]:])]
     return [(seqs[i][plen[i]:], nfe[i]) for i in range(n)]
 
@@ -210,6 +220,8 @@ class EditState:
     n_insert: int = 0
     done: bool = False
     history: list[list[int]] = field(default_factory=list)
+    # labels (medlm.edits format) of the last applied step, against the response before it
+    last_labels: Optional[tuple[list[int], list[int]]] = None
 
 
 @torch.no_grad()
@@ -269,6 +281,7 @@ def edit_step(model, states: Sequence[EditState], special: SpecialIds) -> None:
                 s.n_insert += 1
         s.response = apply_edits(s.response, token_target, insert_target, del_id=special.delete)
         s.history.append(list(s.response))
+        s.last_labels = (token_target, insert_target)
 
 
 def edit_refine(
@@ -277,11 +290,13 @@ def edit_refine(
     drafts: Sequence[Sequence[int]],
     configs: Sequence[DecodeConfig],
     special: SpecialIds,
-    on_step: Optional[Callable[[int, int, list[int]], None]] = None,
+    on_step: Optional[Callable[[int, int, list[int], tuple[list[int], list[int]]], None]] = None,
 ) -> list[EditState]:
     """Refine each draft for up to ``cfg.edit_steps`` parallel steps; stops early when nothing changes.
 
-    ``on_step(seq_index, step, response)`` is called after every applied step (for streaming).
+    ``on_step(seq_index, step, response, labels)`` is called after every applied step (for
+    streaming); ``labels`` are the step's ``(token_target, insert_target)`` against the response
+    before it, so a client can show exactly which tokens the step replaced, deleted and inserted.
     """
     states = [EditState(list(p), list(d), c) for p, d, c in zip(prompts, drafts, configs)]
     for i, s in enumerate(states):
@@ -298,7 +313,7 @@ def edit_refine(
         if on_step is not None:
             for i in active:
                 if len(states[i].history) > before[i]:
-                    on_step(i, states[i].nfe, states[i].response)
+                    on_step(i, states[i].nfe, states[i].response, states[i].last_labels)
     return states
 
 
@@ -308,9 +323,14 @@ def generate(
     configs: Sequence[DecodeConfig] | DecodeConfig,
     special: SpecialIds,
     on_draft: Optional[Callable[[int, list[int]], None]] = None,
-    on_edit_step: Optional[Callable[[int, int, list[int]], None]] = None,
+    on_edit_step: Optional[Callable[[int, int, list[int], tuple[list[int], list[int]]], None]] = None,
+    on_mask_step: Optional[Callable[[int, int, list[int]], None]] = None,
 ) -> list[DecodeResult]:
-    """Draft with mask diffusion, strip padding, then refine with edits; one result per prompt."""
+    """Draft with mask diffusion, strip padding, then refine with edits; one result per prompt.
+
+    The callbacks watch a decode as it runs (see :func:`mask_diffusion` and :func:`edit_refine`);
+    ``on_draft(seq_index, draft)`` gets the draft with padding stripped, as editing starts from it.
+    """
     if isinstance(configs, DecodeConfig):
         configs = [configs] * len(prompts)
     if len(configs) != len(prompts):
@@ -324,7 +344,7 @@ def generate(
     model.eval()
     try:
         t0 = time.perf_counter()
-        drafts = mask_diffusion(model, prompts, configs, special)
+        drafts = mask_diffusion(model, prompts, configs, special, on_step=on_mask_step)
         t1 = time.perf_counter()
         stripped = [strip_padding(d, special) for d, _ in drafts]
         if on_draft is not None:

@@ -12,6 +12,7 @@ instead of queueing one behind another (:class:`DecodeMerger`): without that, 16
 clients were decoded in batches of 5 on average and most of the gain was lost.
 
 Routes (request and reply shapes in :mod:`pipeline.serve_api`):
+    GET  /                       the playground: a page that streams /v1/refine (pipeline/playground.html)
     POST /v1/refine              native: draft + edit refinement, optional SSE stream of every step
     POST /v1/chat/completions    OpenAI-compatible (step budgets as extra body fields)
     POST /v1/completions         OpenAI-compatible
@@ -22,6 +23,7 @@ Routes (request and reply shapes in :mod:`pipeline.serve_api`):
 # (as strings, Serve's ingress wrapper leaves them unresolved and bodies turn into query parameters).
 import asyncio
 import collections
+import importlib.resources
 import json
 import logging
 import socket
@@ -32,7 +34,7 @@ from typing import AsyncIterator, Optional
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -47,6 +49,7 @@ from pipeline.serve_api import (
     Outcome,
     RefineRequest,
     ServeArgs,
+    StepEvents,
     chat_chunk,
     chat_completion_reply,
     completion_chunk,
@@ -67,6 +70,11 @@ LINGER_FRACTION = 0.25  # see DecodeMerger
 MAX_BATCHES_IN_FLIGHT = 256  # batches handed to the merger at once; it decodes them max_batch_size at a time
 
 api = FastAPI(title="ME-DLM refinement server", docs_url="/docs", redoc_url=None)
+
+
+def playground_html() -> str:
+    """The playground page, shipped as package data (one file, no external resources)."""
+    return importlib.resources.files("pipeline").joinpath("playground.html").read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------- errors: always JSON, never a crash
@@ -126,6 +134,7 @@ class DecodeJob:
     prompt_ids: list[int]
     config: DecodeConfig
     events: Optional[EventSink] = None
+    mask_step_events: bool = False  # stream every mask-diffusion step too (only with events)
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -229,6 +238,8 @@ class MedlmServer:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model, self.tokenizer = load_checkpoint(self.args.checkpoint, device=device)
         self.special = special_ids(self.tokenizer)
+        self.step_events = StepEvents(self.tokenizer, self.special)
+        self.playground = playground_html()
         self.limits = Limits.from_args(self.args, self.model.config.max_position_embeddings)
         self.checkpoint_hash = checkpoint_hash(self.args.checkpoint)
         self.created = int(time.time())
@@ -254,19 +265,27 @@ class MedlmServer:
     def _decode(self, jobs: list[DecodeJob]) -> list[JobResult]:
         started = time.perf_counter()
         streaming = any(j.events is not None for j in jobs)
+        watching_masks = any(j.events is not None and j.mask_step_events for j in jobs)
+        before_edit: dict[int, list[int]] = {}  # request index -> its response before the next edit step
+
+        def on_mask_step(i: int, step: int, ids: list[int]) -> None:
+            if jobs[i].events is not None and jobs[i].mask_step_events:
+                jobs[i].events.put(self.step_events.mask_step(step, ids))
 
         def on_draft(i: int, ids: list[int]) -> None:
             if jobs[i].events is not None:
+                before_edit[i] = ids
                 jobs[i].events.put({"type": "draft", "text": decode_response(self.tokenizer, ids), "tokens": len(ids)})
 
-        def on_edit_step(i: int, step: int, ids: list[int]) -> None:
+        def on_edit_step(i: int, step: int, ids: list[int], labels) -> None:
             if jobs[i].events is not None:
-                jobs[i].events.put({"type": "edit", "step": step, "text": decode_response(self.tokenizer, ids),
-                                    "tokens": len(ids)})
+                jobs[i].events.put(self.step_events.edit_step(step, before_edit[i], ids, labels))
+                before_edit[i] = ids
 
         results = generate(
             self.model, [j.prompt_ids for j in jobs], [j.config for j in jobs], self.special,
             on_draft=on_draft if streaming else None, on_edit_step=on_edit_step if streaming else None,
+            on_mask_step=on_mask_step if watching_masks else None,
         )
         n = len(jobs)
         # generate() reports each phase's time divided by the batch size; a request waits for all of it
@@ -291,6 +310,10 @@ class MedlmServer:
         return self.args.model_name
 
     # ------------------------------------------------------------ routes
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground_page(self) -> HTMLResponse:
+        return HTMLResponse(self.playground)
 
     @api.get("/health")
     async def health(self) -> dict:
@@ -317,11 +340,13 @@ class MedlmServer:
         if not req.stream:
             return refine_reply(rid, model, await self._run(job, t0), req.return_draft)
         job.events = EventSink()
+        job.mask_step_events = req.stream_mask_steps
         return StreamingResponse(self._refine_events(rid, model, job, t0, req.return_draft),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def _refine_events(self, rid: str, model: str, job: DecodeJob, t0: float, return_draft: bool):
-        """SSE: the draft, the text after every edit step that changed it, the full reply, [DONE]."""
+        """SSE: optionally every mask step, the draft, every edit step that changed the response (with
+        its operations), the full reply, [DONE]."""
         task = asyncio.ensure_future(self.decode_batch(job))
         try:
             async for event in job.events.drain(task):

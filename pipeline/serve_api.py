@@ -6,6 +6,8 @@ holds) can be read and checked on its own; ``pipeline.serve`` only wires it to a
 Every refusal is an :class:`ApiError` whose body names the offending field (``param``), so a client
 never has to guess which of its inputs was wrong. Budgets a client leaves out get documented
 defaults (:func:`default_steps`) and are echoed back in the reply, so nothing is decided silently.
+Streamed steps are rendered by :class:`StepEvents`, so an SSE client sees the same tokens and edit
+counts the reply reports.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from typing import Any, Literal, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from medlm.edits import NO_INSERT
 from medlm.sampling import DecodeConfig, DecodeResult
 from medlm.tokenizer import SpecialIds, chat_prompt_ids, decode_response
 
 MAX_SEED = 2**63 - 1
+MASK_PLACEHOLDER = "\u2591"  # "░": a position mask diffusion has not committed yet, in streamed text
 CHARS_PER_PROMPT_TOKEN = 32  # cheap guard before tokenizing: no tokenizer of ours packs more into a token
 
 
@@ -183,11 +187,15 @@ class RefineRequest(StepBudget):
     max_new_tokens: Optional[int] = Field(None, ge=1)
     return_draft: bool = False
     stream: bool = False
+    stream_mask_steps: bool = False  # with stream: also an event after every mask-diffusion step
 
     def check(self) -> None:
         if (self.prompt is None) == (self.messages is None):
             raise ApiError(400, "pass exactly one of 'prompt' or 'messages'",
                            "prompt" if self.prompt is None else "messages", "invalid_value")
+        if self.stream_mask_steps and not self.stream:
+            raise ApiError(400, "stream_mask_steps needs stream: true (mask steps are only sent as "
+                           "server-sent events)", "stream_mask_steps", "invalid_value")
 
 
 class StreamOptions(_Strict):
@@ -337,6 +345,81 @@ def decode_config(budget: StepBudget, new_tokens: Optional[int], prompt_len: int
     except ValueError as e:  # a rule of the sampler this module does not repeat
         raise ApiError(400, str(e), new_tokens_param, "invalid_budget") from None
     return cfg
+
+
+# ---------------------------------------------------------------- stream events of /v1/refine
+
+
+class StepEvents:
+    """The payloads of streamed ``mask_step`` and ``edit`` events, built from the sampler's token lists.
+
+    A mask step shows the response as decoded so far with :data:`MASK_PLACEHOLDER` for each position
+    still masked (cut at the end token, like the reply's text), so its last state reads exactly as
+    the draft. An edit step lists the step's operations as ``segments`` in response order: runs of
+    kept text, and one segment per replaced, deleted or inserted token, taken from the labels the
+    sampler applied; per step they add up to the reply's ``edits`` counts. Special tokens show by
+    name there, so an edit around ``<|im_end|>`` is visible.
+    """
+
+    def __init__(self, tokenizer, special: SpecialIds):
+        self.tokenizer = tokenizer
+        self.special = special
+        self._pieces: dict[int, str] = {}  # token id -> its text; grows to at most the vocabulary
+
+    def piece(self, token: int) -> str:
+        text = self._pieces.get(token)
+        if text is None:
+            text = self._pieces[token] = self.tokenizer.decode([token], skip_special_tokens=False)
+        return text
+
+    def mask_step(self, step: int, response: Sequence[int]) -> dict:
+        sp = self.special
+        parts: list[str] = []
+        run: list[int] = []
+        for t in response:
+            if t in (sp.im_end, sp.eos):
+                break
+            if t == sp.mask:
+                parts.append(self.tokenizer.decode(run, skip_special_tokens=True) + MASK_PLACEHOLDER)
+                run = []
+            elif t not in (sp.pad, sp.delete):
+                run.append(t)
+        parts.append(self.tokenizer.decode(run, skip_special_tokens=True))
+        masked = sum(1 for t in response if t == sp.mask)
+        return {"type": "mask_step", "step": step, "text": "".join(parts), "masked": masked}
+
+    def edit_step(self, step: int, before: Sequence[int], after: Sequence[int],
+                  labels: tuple[Sequence[int], Sequence[int]]) -> dict:
+        token_target, insert_target = labels
+        segments: list[dict] = []
+        kept: list[int] = []
+        counts = {"replace": 0, "delete": 0, "insert": 0}
+
+        def close_kept_run() -> None:
+            if kept:
+                segments.append({"op": "keep", "text": self.tokenizer.decode(kept, skip_special_tokens=False)})
+                kept.clear()
+
+        def add(op: str, **fields) -> None:
+            close_kept_run()
+            segments.append({"op": op, **fields})
+            counts[op] += 1
+
+        for i in range(len(before) + 1):  # gap i lies before token i, as medlm.edits.apply_edits reads it
+            if insert_target[i] != NO_INSERT:
+                add("insert", text=self.piece(insert_target[i]))
+            if i == len(before):
+                break
+            old, new = before[i], token_target[i]
+            if new == old:
+                kept.append(old)
+            elif new == self.special.delete:
+                add("delete", text=self.piece(old))
+            else:
+                add("replace", text=self.piece(new), old=self.piece(old))
+        close_kept_run()
+        return {"type": "edit", "step": step, "text": decode_response(self.tokenizer, after), "tokens": len(after),
+                "edits": counts, "segments": segments}
 
 
 # ---------------------------------------------------------------- replies

@@ -19,9 +19,12 @@ from ray import serve
 
 from jobs import init_model
 from jobs.serve import build_config, check_app_args
-from medlm.tokenizer import stdlib_corpus, train_tokenizer
+from medlm.checkpoint import load_checkpoint
+from medlm.edits import apply_edits
+from medlm.sampling import DecodeConfig, generate, strip_padding
+from medlm.tokenizer import decode_response, special_ids, stdlib_corpus, train_tokenizer
 from pipeline.serve import DEPLOYMENT_NAME, DecodeMerger, free_port, run_local
-from pipeline.serve_api import ServeArgs, default_steps
+from pipeline.serve_api import MASK_PLACEHOLDER, ServeArgs, StepEvents, default_steps
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_BUDGET = {"max_new_tokens": 8, "mask_steps": 2, "edit_steps": 1}
@@ -134,7 +137,50 @@ def test_merger_packs_batches_that_form_while_the_model_is_busy():
     assert isinstance(failing[0], RuntimeError) and after == ["done g"]
 
 
+def test_step_callbacks_watch_a_decode_without_changing_it(checkpoint):
+    """The mask-step callback ends on the draft; the edit labels it reports rebuild every step and add
+    up to the result's counts; a batch decoded with callbacks equals each request decoded alone."""
+    model, tok = load_checkpoint(checkpoint)
+    sp = special_ids(tok)
+    events = StepEvents(tok, sp)
+    prompts = [tok.encode(t, add_special_tokens=False) for t in ("Count to five.", "Why is the sky blue?", "Hi")]
+    configs = [DecodeConfig(gen_len=12, mask_steps=4, edit_steps=3, seed=i, temperature=0.7 * (i % 2))
+               for i in range(len(prompts))]
+    masks, drafts, steps = {}, {}, {}
+
+    def on_edit_step(i, step, ids, labels):
+        before = steps[i][-1][1] if steps.get(i) else drafts[i]
+        assert apply_edits(before, *labels, del_id=sp.delete) == ids
+        steps.setdefault(i, []).append((events.edit_step(step, before, ids, labels), list(ids)))
+
+    batched = generate(model, prompts, configs, sp,
+                       on_mask_step=lambda i, step, ids: masks.setdefault(i, []).append((step, list(ids))),
+                       on_draft=lambda i, ids: drafts.setdefault(i, list(ids)), on_edit_step=on_edit_step)
+    for i, (prompt, cfg, result) in enumerate(zip(prompts, configs, batched)):
+        alone, = generate(model, [prompt], cfg, sp)
+        assert (alone.output_ids, alone.draft_ids, alone.nfe) == (result.output_ids, result.draft_ids, result.nfe)
+        assert [step for step, _ in masks[i]] == list(range(1, result.mask_nfe + 1))
+        assert strip_padding(masks[i][-1][1], sp) == result.draft_ids == drafts[i]
+        last = events.mask_step(result.mask_nfe, masks[i][-1][1])
+        assert last["masked"] == 0 and last["text"] == decode_response(tok, result.draft_ids)
+        assert events.mask_step(1, [sp.mask] * 3)["text"] == MASK_PLACEHOLDER * 3
+        counted = {k: sum(e["edits"][k] for e, _ in steps.get(i, [])) for k in ("replace", "delete", "insert")}
+        assert counted == {"replace": result.n_replace, "delete": result.n_delete, "insert": result.n_insert}
+        for event, _ in steps.get(i, []):
+            marked = [seg["op"] for seg in event["segments"] if seg["op"] != "keep"]
+            assert {k: marked.count(k) for k in counted} == event["edits"]
+    assert steps, "no edit step changed anything: the callbacks went untested"
+
+
 # ---------------------------------------------------------------- native API
+
+
+def test_playground_page_is_served_self_contained(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    assert "v1/refine" in page and "stream_mask_steps" in page
+    assert "http://" not in page and "https://" not in page and "//cdn" not in page  # nothing from the internet
 
 
 def test_models_and_health(client):
@@ -171,6 +217,25 @@ def test_refine_stream_shows_draft_then_each_edit_then_final(client):
     assert len(edits) <= final["nfe"]["edit"] <= 3
     assert final["text"] == (edits[-1]["text"] if edits else events[0]["text"])
     assert final["text"] == refine(client, **body)["text"]  # streaming changes nothing
+    assert all(e["type"] != "mask_step" for e in events[:-1])  # mask steps only when asked for
+
+
+def test_refine_stream_mask_steps_come_first_and_end_on_the_draft(client):
+    body = {"prompt": "Count to five.", "max_new_tokens": 16, "mask_steps": 5, "edit_steps": 3, "seed": 5,
+            "return_draft": True}
+    events = sse_events(client, "/v1/refine", {**body, "stream": True, "stream_mask_steps": True})
+    assert events[-1] == "[DONE]"
+    kinds = [e["type"] for e in events[:-1]]
+    n_mask = kinds.index("draft")
+    assert kinds == ["mask_step"] * n_mask + ["draft"] + ["edit"] * (len(kinds) - n_mask - 2) + ["final"]
+    masks, draft, edits, final = events[:n_mask], events[n_mask], events[n_mask + 1:-2], events[-2]
+    assert [e["step"] for e in masks] == list(range(1, final["nfe"]["mask"] + 1)) and n_mask >= 1
+    assert [e["masked"] for e in masks] == [12, 9, 6, 3, 0]  # ceil(masked left / steps left) per step
+    assert masks[-1]["text"] == draft["text"] == final["draft"]
+    assert {k: sum(e["edits"][k] for e in edits) for k in final["edits"]} == final["edits"]
+    plain = refine(client, **body)
+    assert {k: v for k, v in final.items() if k not in ("type", "id", "timing")} == \
+        {k: v for k, v in plain.items() if k not in ("id", "timing")}  # the reply itself is unchanged
 
 
 # ---------------------------------------------------------------- OpenAI-compatible API
@@ -213,6 +278,8 @@ BAD_INPUTS = [
     ("/v1/refine", {"prompt": "hi", "max_new_token": 8}, 400, "max_new_token"),
     ("/v1/refine", {"prompt": "hi", "max_new_tokens": "8"}, 400, "max_new_tokens"),
     ("/v1/refine", {"prompt": "hi", "stream": "yes"}, 400, "stream"),
+    ("/v1/refine", {"prompt": "hi", "stream_mask_steps": True}, 400, "stream_mask_steps"),
+    ("/v1/refine", {"prompt": "hi", "stream": True, "stream_mask_steps": 1}, 400, "stream_mask_steps"),
     ("/v1/refine", {"prompt": 42}, 400, "prompt"),
     ("/v1/refine", {"prompt": ""}, 400, "prompt"),
     ("/v1/refine", {"prompt": "   \n"}, 400, "prompt"),

@@ -390,22 +390,33 @@ def _num(x: Optional[float], digits: int = 1) -> str:
 
 
 def table_markdown(rows: Sequence[dict]) -> str:
-    """A Markdown table, largest budget first, mask-only before mask+edit at equal budget."""
+    """A Markdown table, largest budget first, mask-only before mask+edit at equal budget.
+
+    A ``model`` column appears when rows carry one (several checkpoints in one table); the toy
+    task adds whole-answer validity and phrasing validity (numbers ignored), draft and final."""
+    has_model = any("model" in r for r in rows)
     has_valid = any("valid_after" in r for r in rows)
-    head = ["budget", "fraction", "mask", "edit", "NFE used", "right (draft)", "right (final)"]
+    has_skeleton = any("skeleton_valid_after" in r for r in rows)
+    head = (["model"] if has_model else []) + ["budget", "fraction", "mask", "edit", "NFE used",
+                                               "right (draft)", "right (final)"]
     if has_valid:
         head += ["valid (draft)", "valid (final)"]
+    if has_skeleton:
+        head += ["phrasing ok (draft)", "phrasing ok (final)"]
     head += ["edits/sample", "s/sample", "n", "errors"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    order = sorted(rows, key=lambda r: (-(r.get("fraction") or r["budget_nfe"]), r["edit_steps"] > 0, r["label"]))
+    order = sorted(rows, key=lambda r: (-(r.get("fraction") or r["budget_nfe"]), r["edit_steps"] > 0,
+                                        str(r.get("model", "")), r["label"]))
     for r in order:
         edits = r.get("mean_edits") or {}
         n_edits = sum(v for v in edits.values() if v is not None) if edits else None
-        cells = [r["label"], fraction_label(r.get("fraction")),
-                 str(r["mask_steps"]), str(r["edit_steps"]), _num(r.get("mean_nfe")),
-                 _pct(r.get("accuracy_before")), _pct(r.get("accuracy_after"))]
+        cells = ([str(r.get("model", "-"))] if has_model else []) + [
+            r["label"], fraction_label(r.get("fraction")), str(r["mask_steps"]), str(r["edit_steps"]),
+            _num(r.get("mean_nfe")), _pct(r.get("accuracy_before")), _pct(r.get("accuracy_after"))]
         if has_valid:
             cells += [_pct(r.get("valid_before")), _pct(r.get("valid_after"))]
+        if has_skeleton:
+            cells += [_pct(r.get("skeleton_valid_before")), _pct(r.get("skeleton_valid_after"))]
         cells += [_num(n_edits), _num(r.get("time_per_sample_s"), 3), str(r["n"]), str(r["n_errors"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -421,12 +432,15 @@ def plot_accuracy_vs_nfe(rows: Sequence[dict], path: str | Path, title: Optional
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    styles = {"mask_only": ("mask only", "tab:blue"), "mask_edit": ("mask + edit", "tab:orange")}
-    for kind, (name, colour) in styles.items():
-        points = sorted((r.get("mean_nfe") or r["budget_nfe"], r) for r in rows if r["kind"] == kind)
-        if not points:
-            continue
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    names = {"mask_only": "mask only", "mask_edit": "mask + edit"}
+    colours = iter(["tab:blue", "tab:orange", "tab:gray", "tab:green", "tab:red", "tab:purple"])
+    groups: dict[tuple, list] = {}
+    for r in rows:  # one line per (model, decoder); rows without a model form one group per decoder
+        groups.setdefault((str(r.get("model", "")), r["kind"]), []).append(r)
+    for (model, kind), members in groups.items():
+        name, colour = (f"{model}, " if model else "") + names.get(kind, kind), next(colours)
+        points = sorted(((r.get("mean_nfe") or r["budget_nfe"], r) for r in members), key=lambda p: p[0])
         xs = [x for x, _ in points]
         ax.plot(xs, [r["accuracy_after"] for _, r in points], "o-", color=colour, label=f"{name}: answer right")
         if all(r.get("valid_after") is not None for _, r in points):

@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 
+PROBES = ("probe_copy", "probe_arith", "probe_word")  # medlm.probe accuracies, when the run probes
+
+
 def append_metrics(path: Path, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
@@ -29,7 +32,7 @@ def loss_curves(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
     for r in records:
         if r.get("event") != "train":
             continue
-        for name in ("loss", "mask_loss", "edit_loss"):
+        for name in ("loss", "mask_loss", "edit_loss", *PROBES):
             if r.get(name) is not None:
                 curves.setdefault(name, {})[int(r["step"])] = float(r[name])
     return {name: sorted(points.items()) for name, points in curves.items()}
@@ -45,7 +48,9 @@ def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    probes = {name: curves.pop(name) for name in PROBES if name in curves}
+    fig, axes = plt.subplots(1, 2 if probes else 1, figsize=(12 if probes else 7, 4), squeeze=False)
+    ax = axes[0][0]
     for name, points in curves.items():
         ax.plot([s for s, _ in points], [v for _, v in points], label=name, marker="." if len(points) < 30 else None)
     ax.set_xlabel("optimizer step")
@@ -53,6 +58,16 @@ def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
     ax.set_title(Path(metrics_path).parent.name)
     ax.grid(alpha=0.3)
     ax.legend()
+    if probes:  # what the loss hides: are numbers copied and computed, or only the phrasing learned?
+        ax = axes[0][1]
+        for name, points in probes.items():
+            ax.plot([s for s, _ in points], [v for _, v in points], label=name[len("probe_"):], marker=".")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("probe accuracy (held-out answers)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title("masked numbers: copied / computed; words")
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)

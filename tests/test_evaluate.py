@@ -110,16 +110,19 @@ def test_toy_grading_separates_right_number_from_valid_answer():
     sample = load_samples("toy", 1, seed=5)[0]
     canonical = sample["reference"]["answers"][0]
     final = sample["reference"]["final"]
-    assert grade_text("toy", sample, canonical) == {"correct": True, "final_correct": True, "valid": True}
+    assert grade_text("toy", sample, canonical) == {"correct": True, "final_correct": True, "valid": True,
+                                                    "skeleton_valid": True}
     wrong = canonical.replace(f"#### {final}", f"#### {final + 1}")
     assert grade_text("toy", sample, wrong)["correct"] is False
     garbled = f"the answer is\n#### {final}"
-    assert grade_text("toy", sample, garbled) == {"correct": True, "final_correct": True, "valid": False}
+    assert grade_text("toy", sample, garbled) == {"correct": True, "final_correct": True, "valid": False,
+                                                  "skeleton_valid": False}
 
     record = score_decoded("toy", sample, Budget.of(3, 1), garbled, canonical, nfe={"mask": 3, "edit": 1},
                            edits={"replace": 2, "delete": 0, "insert": 1}, time_s=0.5)
     assert (record["correct_before"], record["correct_after"]) == (True, True)
     assert (record["valid_before"], record["valid_after"]) == (False, True)
+    assert (record["skeleton_valid_before"], record["skeleton_valid_after"]) == (False, True)
     assert record["error"] is None and record["budget"] == "mask3_edit1"
 
 

@@ -8,7 +8,7 @@ few wording styles; (2) a final answer that depends on the written steps, so a
 broken step shows up; (3) small numbers and vocabulary so a tiny model can learn
 it on a CPU. Validity of a whole answer is exact: it must equal one phrasing.
 
-Why operands are single digits (2..9, factors 2..5): every number is one token, so a small model
+Why operands are small (2..7, factors 2..4, results at most 30): every number is one token, so a small model
 learns arithmetic fact by fact. With operands up to 20 there are thousands of facts and a test
 problem's facts are often never seen in training; then the held-out score measures whether the
 model invents arithmetic, not how it decodes. With these ranges the split still holds out whole
@@ -53,7 +53,7 @@ SPLITS = ("train", "valid", "test")
 # of 10 hash buckets of operand tuples: 0-1 hold the test split (20%), 2 the validation split (10%,
 # for probes during training), the rest training
 _SPLIT_BUCKETS = {0: "test", 1: "test", 2: "valid"}
-MAX_NUMBER = 50  # no number in any text exceeds this (every number is one token)
+MAX_NUMBER = 30  # no number in any text exceeds this (every number is one token)
 
 NAMES = (("Tom", "He", "he"), ("Ben", "He", "he"), ("Sam", "He", "he"), ("Leo", "He", "he"),
          ("Ann", "She", "she"), ("Mia", "She", "she"), ("Eva", "She", "she"), ("Zoe", "She", "she"))
@@ -94,7 +94,7 @@ class _Kind:
     question: str
     steps: tuple[_Step, ...]  # in canonical (question) order; the last one is the answer
     styles: tuple[dict[str, str], ...]  # step name -> sentence template
-    ranges: tuple[tuple[str, int, int], ...] = (("A", 2, 9), ("B", 2, 9), ("D", 2, 5), ("E", 2, 5))
+    ranges: tuple[tuple[str, int, int], ...] = (("A", 2, 7), ("B", 2, 7), ("D", 2, 4), ("E", 2, 4))
 
     def draw(self, rng: random.Random) -> dict[str, int]:
         while True:  # rejection sampling keeps every intermediate value in 1..MAX_NUMBER
@@ -143,7 +143,7 @@ _KINDS = (
              "given": "Given {items} : {x} = {v} .",
              "left": "Left {items} : {x} = {v} ."},
         ),
-        ranges=(("A", 2, 9), ("B", 2, 9), ("D", 2, 5), ("E", 3, 6)),
+        ranges=(("A", 2, 7), ("B", 2, 7), ("D", 2, 4), ("E", 3, 6)),
     ),
     _Kind(
         name="trade",
@@ -161,7 +161,7 @@ _KINDS = (
              "packed": "From the packs : {x} = {v} .",
              "total": "Now : {x} = {v} {items} ."},
         ),
-        ranges=(("A", 2, 9), ("B", 2, 9), ("C", 2, 9), ("D", 2, 5), ("E", 2, 5)),
+        ranges=(("A", 2, 7), ("B", 2, 7), ("C", 1, 5), ("D", 2, 4), ("E", 2, 4)),
     ),
 )
 

@@ -1,0 +1,133 @@
+"""Quality of the base model against training minutes, in one process (no Ray): the recipe finder.
+
+Why: a training recipe for the toy task is found with short in-process runs, not with the whole
+demo. This script trains a preset with the masked-diffusion objective on generated toy problems
+(a random valid phrasing per example), and every ``--probe-every`` seconds records the loss, the
+number probe (copy / arithmetic / word accuracy, ``medlm.probe``) and, less often, mask-only
+decoding at the full budget and at 1/8 on validation problems (right, whole-answer valid,
+phrasing valid). Writes ``benchmarks/results/train_curve_<name>.json`` and a plot.
+
+    python benchmarks/train_curve.py --minutes 12 --lr 1e-3 --name lr1e-3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from medlm.losses import mixture_loss  # noqa: E402
+from medlm.evaluation import Budget, evaluate_samples, summarise  # noqa: E402
+from medlm.modeling import MedlmConfig, MedlmForEditing  # noqa: E402
+from medlm.packing import collate, mask_example  # noqa: E402
+from medlm.probe import number_probe  # noqa: E402
+from medlm.tasks.toy import generate_problems  # noqa: E402
+from medlm.tokenizer import build_default_tokenizer, chat_prompt_ids, response_ids, special_ids  # noqa: E402
+from medlm.trainer import cosine_lr  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--name", default="default")
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--minutes", type=float, default=12.0, help="training time; the cosine schedule ends there")
+    ap.add_argument("--tokens-per-s", type=float, default=8000.0, help="expected speed, to size the schedule in steps")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--min-lr", type=float, default=3e-5)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--step-tokens", type=int, default=2048, help="tokens per optimizer step (packed)")
+    ap.add_argument("--problems", type=int, default=20000)
+    ap.add_argument("--gen-len", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--probe-every", type=float, default=60.0, help="seconds between probes")
+    ap.add_argument("--decode-every", type=int, default=3, help="decode eval every N probes")
+    ap.add_argument("--valid", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save", default=None, help="save the trained model here (medlm checkpoint)")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    tok = build_default_tokenizer()
+    sp = special_ids(tok)
+    model = MedlmForEditing(MedlmConfig.preset(args.preset, vocab_size=len(tok)))
+    train = generate_problems(args.problems, seed=args.seed, split="train")
+    valid = generate_problems(args.valid, seed=args.seed, split="valid")
+    prompts = [chat_prompt_ids(tok, p.question) for p in train]
+    answers = [[response_ids(tok, a) for a in p.answers] for p in train]
+    samples = [{"id": p.id, "prompt": p.question, "reference": {"answers": list(p.answers), "final": p.final}}
+               for p in valid]
+    total_steps = int(args.minutes * 60 * args.tokens_per_s / args.step_tokens)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    rng = random.Random(args.seed)
+    order: list[int] = []
+    curve, t0, train_s, tokens, seqs, next_probe, probes = [], time.perf_counter(), 0.0, 0, 0, 0.0, 0
+    print(f"[curve] {args.name}: {total_steps} steps of ~{args.step_tokens} tokens, lr {args.lr} -> {args.min_lr}",
+          flush=True)
+    losses: list[float] = []
+    for step in range(total_steps):
+        t_step = time.perf_counter()
+        batch, n = [], 0
+        while n < args.step_tokens:
+            if not order:
+                order = list(range(len(train)))
+                rng.shuffle(order)
+            i = order.pop()
+            ex = mask_example(prompts[i], rng.choice(answers[i]), sp, rng, gen_len=args.gen_len)
+            batch.append(ex)
+            n += len(ex["input_ids"])
+        packed = collate(batch)
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, base_lr=args.lr, warmup=args.warmup, total=total_steps, min_lr=args.min_lr)
+        loss = mixture_loss(model, packed)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        train_s += time.perf_counter() - t_step
+        tokens += packed.n_tokens
+        seqs += len(batch)
+        losses.append(float(loss.detach()))
+        if train_s >= next_probe or step == total_steps - 1:
+            probes += 1
+            rec = {"step": step, "train_min": train_s / 60, "sequences": seqs, "tokens_per_s": tokens / train_s,
+                   "lr": opt.param_groups[0]["lr"], "loss": sum(losses[-50:]) / len(losses[-50:]),
+                   "probe": number_probe(model, tok, valid, gen_len=args.gen_len)}
+            if probes % args.decode_every == 0 or step == total_steps - 1:
+                for label, steps in (("full", args.gen_len), ("eighth", max(1, args.gen_len // 8))):
+                    recs = evaluate_samples(model, tok, samples, Budget.of(steps, 0, args.gen_len), "toy",
+                                            batch_size=50, seed=args.seed)
+                    s = summarise(recs)
+                    rec[label] = {k: s.get(k) for k in ("accuracy_after", "valid_after", "skeleton_valid_after")}
+                model.train()
+            curve.append(rec)
+            pr = rec["probe"]
+            extra = "".join(f"  {lab}: right {rec[lab]['accuracy_after']:.2f} valid {rec[lab]['valid_after']:.2f}"
+                            f" skel {rec[lab].get('skeleton_valid_after') or 0:.2f}" for lab in ("full", "eighth") if lab in rec)
+            print(f"[curve] {rec['train_min']:5.1f} min step {step} loss {rec['loss']:.3f} lr {rec['lr']:.1e} "
+                  f"{rec['tokens_per_s']:.0f} tok/s  copy {pr['copy']:.2f} arith {pr['arith']:.2f} word {pr['word']:.2f}"
+                  f"{extra}", flush=True)
+            next_probe = train_s + args.probe_every
+    if args.save:
+        model.save_pretrained(args.save)
+        tok.save_pretrained(args.save)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"train_curve_{args.name}.json"
+    out.write_text(json.dumps({"args": vars(args), "load_avg": os.getloadavg(), "wall_s": time.perf_counter() - t0,
+                               "curve": curve}, indent=2) + "\n")
+    print(f"[curve] wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -32,38 +32,90 @@ class DemoConfig:
     quick: bool = False
     seed: int = 0
     preset: str = "small"
-    gen_len: int = 48
-    train_problems: int = 3000
-    test_problems: int = 150
-    num_workers: int = 2
+    gen_len: int = 48  # response positions; the longest toy answer is 38 tokens + <|im_end|>
+    train_problems: int = 20000  # every arithmetic fact of the held-out problems appears in training
+    test_problems: int = 300
+    # one worker with both cores: on a 2-core box two 1-thread workers pay a gloo all-reduce per step
+    # and reach ~0.65x a plain 2-thread loop; one 2-thread worker keeps the DeepSpeed path near the
+    # machine's limit (benchmarks/bench_train.py). On a cluster, raise num_workers.
+    num_workers: int = 1
+    cpus_per_worker: int = 2
     zero_stage: int = 2
-    # base model: masked diffusion on references
-    base_steps: int = 600
-    base_lr: float = 2e-3
-    # refiner: mixture of mask and edit examples on drafts of the base model
-    refine_steps: int = 250
-    refine_lr: float = 5e-4
-    mix_ratio: float = 0.5
-    draft_rows: int = 1500
-    tokens_per_step: list = field(default_factory=lambda: [2, 4, 8, 16])
+    bucket_elements: int = 5_000_000  # DeepSpeed reduce/allgather buckets sized for a CPU box (not 2e8)
     max_len: int = 1024  # tokens per packed training row
-    micro_batch_rows: int = 1
-    eval_batch_size: int = 32
+    micro_batch_rows: int = 2  # 2 x 1024 tokens (~22 sequences) per optimizer step
+    probe_problems: int = 64  # held-out (validation split) problems of the number probe
+    # base model: masked diffusion on every valid phrasing
+    # lr 3e-4: at 1e-3 the phrasing is learned as fast but copying operands waits on a plateau
+    # (benchmarks/train_curve.py; docs/toy-task.md); ~30 minutes on 2 cores
+    base_steps: int = 4800
+    base_lr: float = 3e-4
+    base_min_lr: float = 1e-5
+    # refiner: mixture of mask and edit examples on drafts of the base model
+    refine_steps: int = 1500
+    refine_lr: float = 1.5e-4  # a restart at a high rate unlearns what the base model knows about numbers
+    refine_min_lr: float = 1e-5
+    mix_ratio: float = 0.5
+    draft_rows: int = 4000
+    tokens_per_step: list = field(default_factory=lambda: [2, 4, 8, 16])
+    # > 0: draft again from the refiner (`medlm generate --from-run`) and train it this many more steps
+    regenerate_steps: int = 0
+    eval_batch_size: int = 50
     eval_actors: int = 2
     serve: bool = True
 
     @classmethod
     def quick_preset(cls, **overrides) -> "DemoConfig":
-        """A 3-minute smoke version: tiny model, few steps; numbers mean little."""
+        """A few-minute smoke version: tiny model, few steps; numbers mean little."""
         base = dict(quick=True, run_name="demo-quick", preset="tiny", train_problems=400, test_problems=24,
-                    base_steps=40, base_lr=3e-3, refine_steps=20, draft_rows=80, max_len=512, eval_batch_size=40,
-                    out="artifacts/demo-quick")
+                    base_steps=40, base_lr=3e-3, base_min_lr=3e-4, refine_steps=20, draft_rows=80, max_len=512,
+                    micro_batch_rows=1, probe_problems=16, eval_batch_size=24, out="artifacts/demo-quick")
         base.update(overrides)
         return cls(**base)
 
     def fingerprint(self, *names: str) -> str:
         data = {n: getattr(self, n) for n in names}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def check(self) -> "DemoConfig":
+        """Refuse, before Ray starts, a demo that cannot fit; the message names the setting."""
+        from medlm.evaluation import budget_table
+
+        for name in ("gen_len", "train_problems", "test_problems", "draft_rows", "base_steps", "refine_steps",
+                     "num_workers", "max_len", "micro_batch_rows", "probe_problems", "eval_batch_size", "eval_actors"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"demo config: {name}={getattr(self, name)} must be >= 1")
+        if self.cpus_per_worker <= 0 or self.regenerate_steps < 0:
+            raise ValueError(f"demo config: cpus_per_worker={self.cpus_per_worker} must be > 0 and "
+                             f"regenerate_steps={self.regenerate_steps} >= 0")
+        if self.train_problems < self.num_workers * self.micro_batch_rows:
+            raise ValueError(f"demo config: train_problems={self.train_problems} is too few for "
+                             f"{self.num_workers} worker(s) x {self.micro_batch_rows} rows")
+        if self.draft_rows < self.num_workers:
+            raise ValueError(f"demo config: draft_rows={self.draft_rows} is fewer than num_workers={self.num_workers}")
+        try:
+            budget_table(self.gen_len)  # every fraction down to 1/8 must give its own budget
+        except ValueError as e:
+            raise ValueError(f"demo config: gen_len={self.gen_len} cannot hold the budget table: {e}") from None
+        if self.gen_len >= self.max_len:
+            raise ValueError(f"demo config: gen_len={self.gen_len} leaves no room for a prompt in max_len={self.max_len}")
+        return self
+
+
+def check_fits(cfg: DemoConfig, tokenizer, problems) -> None:
+    """Every valid answer of ``problems`` (plus <|im_end|>) must fit ``gen_len``: a longer one could
+    never be drafted, and training would reject it. Raises naming gen_len and the longest answer."""
+    from medlm.tokenizer import response_ids
+
+    longest, text = 0, ""
+    for problem in problems:
+        for answer in problem.answers:
+            n = len(response_ids(tokenizer, answer))
+            if n > longest:
+                longest, text = n, answer
+    if longest > cfg.gen_len:
+        raise ValueError(f"demo config: gen_len={cfg.gen_len} is shorter than the longest reference answer "
+                         f"({longest} tokens with <|im_end|>): {text!r}; raise gen_len")
 
 
 class Stages:
@@ -99,11 +151,14 @@ def _train(cfg: DemoConfig, out: Path, **kwargs) -> dict:
     from pipeline.train_config import TrainConfig
     from pipeline.trainer import run_training
 
+    steps = kwargs["max_steps"]
+    buckets = {"reduce_bucket_size": cfg.bucket_elements, "allgather_bucket_size": cfg.bucket_elements}
     tc = TrainConfig(
-        storage_path=str(out / "train"), num_workers=cfg.num_workers, zero_stage=cfg.zero_stage,
+        storage_path=str(out / "train"), num_workers=cfg.num_workers, cpus_per_worker=cfg.cpus_per_worker,
+        zero_stage=cfg.zero_stage, deepspeed_overrides={"zero_optimization": buckets},
         gen_len=cfg.gen_len, max_len=cfg.max_len, micro_batch_rows=cfg.micro_batch_rows, seed=cfg.seed,
-        checkpoint_every=max(50, kwargs.get("max_steps", 100) // 4), log_every=max(5, kwargs.get("max_steps", 100) // 20),
-        **kwargs,
+        probe="toy", probe_problems=cfg.probe_problems, warmup_steps=max(5, min(100, steps // 20)),
+        checkpoint_every=max(50, steps // 4), log_every=max(5, steps // 40), **kwargs,
     )
     res = run_training(tc)
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in res.items() if k in (
@@ -118,6 +173,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     from medlm.tasks.toy import generate_problems, write_jsonl
     from medlm.tokenizer import build_default_tokenizer
 
+    cfg.check()
     t_start = time.perf_counter()
     out = (REPO / cfg.out) if not Path(cfg.out).is_absolute() else Path(cfg.out)
     results_dir = ((REPO / cfg.results) if not Path(cfg.results).is_absolute() else Path(cfg.results)) / cfg.run_name
@@ -125,30 +181,35 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     results_dir.mkdir(parents=True, exist_ok=True)
     stages = Stages(out, say)
     say(f"[demo] {'quick ' if cfg.quick else ''}demo: work folder {out}, results {results_dir}")
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
-                 log_to_driver=True, configure_logging=True, logging_level="WARNING")
 
-    # 1. tokenizer + data, made by our own code
+    # 1. tokenizer + data, made by our own code; the answers must fit gen_len before anything trains
     def make_data() -> dict:
         tok_dir = out / "tokenizer"
-        build_default_tokenizer(tok_dir)
+        tokenizer = build_default_tokenizer(tok_dir)
         data = out / "data"
         data.mkdir(exist_ok=True)
-        write_jsonl(generate_problems(cfg.train_problems, seed=cfg.seed, split="train"), data / "train.jsonl")
-        write_jsonl(generate_problems(cfg.draft_rows, seed=cfg.seed + 1, split="train"), data / "draft_sources.jsonl")
+        train = generate_problems(cfg.train_problems, seed=cfg.seed, split="train")
+        drafts = generate_problems(cfg.draft_rows, seed=cfg.seed + 1, split="train")
+        check_fits(cfg, tokenizer, generate_problems(cfg.test_problems, seed=cfg.seed, split="test") + drafts
+                   + train[:2000])
+        write_jsonl(train, data / "train.jsonl")
+        write_jsonl(drafts, data / "draft_sources.jsonl")
         return {"tokenizer": str(tok_dir), "train": str(data / "train.jsonl"),
                 "draft_sources": str(data / "draft_sources.jsonl")}
 
-    data = stages.run("data", cfg.fingerprint("seed", "train_problems", "draft_rows"), make_data)
+    data = stages.run("data", cfg.fingerprint("seed", "train_problems", "draft_rows", "test_problems", "gen_len"),
+                      make_data)
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
+                 log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    common = ("seed", "preset", "gen_len", "num_workers", "cpus_per_worker", "zero_stage", "bucket_elements",
+              "max_len", "micro_batch_rows")
 
     # 2. base model: masked diffusion from scratch
     base = stages.run(
-        "train_base", cfg.fingerprint("seed", "train_problems", "preset", "base_steps", "base_lr", "gen_len",
-                                      "num_workers", "zero_stage", "max_len"),
+        "train_base", stages_fp(cfg, data, *common, "base_steps", "base_lr", "base_min_lr"),
         lambda: _train(cfg, out, run_name="base", preset=cfg.preset, tokenizer=data["tokenizer"], objective="mask",
-                       sources=[data["train"]], max_steps=cfg.base_steps, lr=cfg.base_lr, min_lr=cfg.base_lr / 10,
-                       warmup_steps=max(5, cfg.base_steps // 20)),
+                       sources=[data["train"]], max_steps=cfg.base_steps, lr=cfg.base_lr, min_lr=cfg.base_min_lr),
     )
 
     # 3. drafts of the base model, aligned to the closest valid reference, into Parquet shards
@@ -157,54 +218,78 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
 
         summary = run_generate(GenerateConfig(
             source=data["draft_sources"], checkpoint=base["export_dir"], output=str(out / "drafts"), seed=cfg.seed,
-            gen_len=cfg.gen_len, tokens_per_step=list(cfg.tokens_per_step), num_actors=cfg.num_workers,
+            gen_len=cfg.gen_len, tokens_per_step=list(cfg.tokens_per_step), num_actors=cfg.eval_actors,
             batch_size=32, force=True,
         ), say=say)
-        return {"run_dir": str(summary.run_dir), "rows_written": summary.rows_written,
-                "rows_rejected": summary.rows_rejected, "content_hash": summary.content_hash}
+        return _draft_result(summary)
 
-    drafts = stages.run("drafts", stages_fp(cfg, base, "draft_rows", "gen_len"), make_drafts)
+    drafts = stages.run("drafts", stages_fp(cfg, base, "draft_rows", "gen_len", "tokens_per_step"), make_drafts)
 
     # 4. refiner: the same network on the mask + edit mixture, starting from the base model
     refined = stages.run(
-        "train_refiner", stages_fp(cfg, drafts, "refine_steps", "refine_lr", "mix_ratio"),
+        "train_refiner", stages_fp(cfg, drafts, *common, "refine_steps", "refine_lr", "refine_min_lr", "mix_ratio"),
         lambda: _train(cfg, out, run_name="refiner", init_from=base["export_dir"], objective="mixture",
                        mix_ratio=cfg.mix_ratio, sources=[data["train"]], draft_runs=[drafts["run_dir"]],
-                       max_steps=cfg.refine_steps, lr=cfg.refine_lr, min_lr=cfg.refine_lr / 10,
-                       warmup_steps=max(5, cfg.refine_steps // 20)),
+                       max_steps=cfg.refine_steps, lr=cfg.refine_lr, min_lr=cfg.refine_min_lr),
     )
+    first_refiner = refined
 
-    # 5. the step-budget table on held-out problems: mask-only vs mask + edit at equal NFE
+    # 4b. optional: the refiner drafts again (the regeneration users run with `medlm generate --from-run`)
+    #     and trains on its own drafts
+    if cfg.regenerate_steps:
+        def regenerate() -> dict:
+            from pipeline.drafts import config_from_run, run_generate
+
+            gc = config_from_run(drafts["run_dir"], {"checkpoint": refined["export_dir"], "force": True,
+                                                     "num_actors": cfg.eval_actors})
+            return _draft_result(run_generate(gc, say=say))
+
+        drafts = stages.run("drafts_regenerated", stages_fp(cfg, refined), regenerate)
+        refined = stages.run(
+            "train_refiner_regenerated", stages_fp(cfg, drafts, *common, "regenerate_steps", "refine_lr", "mix_ratio"),
+            lambda: _train(cfg, out, run_name="refiner2", init_from=first_refiner["export_dir"], objective="mixture",
+                           mix_ratio=cfg.mix_ratio, sources=[data["train"]], draft_runs=[drafts["run_dir"]],
+                           max_steps=cfg.regenerate_steps, lr=cfg.refine_lr / 3, min_lr=cfg.refine_min_lr),
+        )
+
+    # 5. the step-budget table on held-out problems: the base model decodes mask-only, the refiner
+    #    decodes mask + edit (and mask-only, to show what refiner training did to plain decoding)
     def evaluate() -> dict:
         from pipeline.evaluate import run_eval
 
-        budgets = [b for pair in budget_table(cfg.gen_len) for b in pair]
-        summary = run_eval(refined["export_dir"], "toy", budgets, n_samples=cfg.test_problems, split="test",
-                           batch_size=cfg.eval_batch_size, num_actors=cfg.eval_actors, out_dir=str(out / "eval"),
-                           seed=cfg.seed, gen_len=cfg.gen_len)
-        return {"rows": summary["rows"], "out_dir": str(out / "eval")}
+        pairs = budget_table(cfg.gen_len)
+        rows = []
+        runs = [("base", base, [m for m, _ in pairs]), ("refiner", refined, [b for pair in pairs for b in pair])]
+        if cfg.regenerate_steps:
+            runs.append(("refiner_round1", first_refiner, [e for _, e in pairs]))
+        for model, stage, budgets in runs:
+            summary = run_eval(stage["export_dir"], "toy", budgets, n_samples=cfg.test_problems, split="test",
+                               batch_size=cfg.eval_batch_size, num_actors=cfg.eval_actors,
+                               out_dir=str(out / "eval" / model), seed=cfg.seed, gen_len=cfg.gen_len)
+            rows += [{**r, "model": model} for r in summary["rows"]]
+        return {"rows": rows, "out_dir": str(out / "eval")}
 
-    evaluation = stages.run("evaluate", stages_fp(cfg, refined, "test_problems", "gen_len"), evaluate)
+    evaluation = stages.run("evaluate", stages_fp(cfg, {"base": base, "refiner": refined}, "test_problems", "gen_len"),
+                            evaluate)
 
     # 6. Serve: start the app, send one request, shut it down
-    served = None
-    if cfg.serve:
-        served = serve_once(refined["export_dir"], cfg, say)
+    served = serve_once(refined["export_dir"], cfg, say) if cfg.serve else None
 
     rows = evaluation["rows"]
     table = table_markdown(rows)
     plot = plot_accuracy_vs_nfe(rows, results_dir / "accuracy_vs_nfe.png",
-                                title=f"toy task, {cfg.preset} model, gen_len {cfg.gen_len}")
-    for name in ("loss_plot",):
-        for stage, res in (("base", base), ("refiner", refined)):
-            if res.get(name) and Path(res[name]).exists():
-                shutil.copy(res[name], results_dir / f"loss_{stage}.png")
+                                title=f"held-out toy problems, {cfg.preset} model, gen_len {cfg.gen_len}")
+    for stage, res in (("base", base), ("refiner", refined)):
+        if res.get("loss_plot") and Path(res["loss_plot"]).exists():
+            shutil.copy(res["loss_plot"], results_dir / f"loss_{stage}.png")
     results = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "commit": _git_commit(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_at_end": os.getloadavg()},
         "config": dataclasses.asdict(cfg),
         "rows": rows,
-        "goal": check_goal(rows),
+        "comparison": compare(rows),
+        "probe": {name: _last_probe(res) for name, res in (("base", base), ("refiner", refined))},
         "stages_seconds": stages.timings,
         "total_seconds": time.perf_counter() - t_start,  # this invocation (reused stages cost ~0)
         "stages_total_seconds": sum(stages.timings.values()),
@@ -217,11 +302,35 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     say("")
     say(table)
     say("")
-    say(f"[demo] goal at 1/8 NFE: {results['goal']['verdict']}")
-    say(f"[demo] finished in {results['total_seconds'] / 60:.1f} min. Results: {results_dir} "
-        f"(table.md, results.json, {Path(plot).name}); checkpoints: {refined['export_dir']}; "
-        f"drafts: {drafts['run_dir']}")
+    for line in comparison_lines(results["comparison"]):
+        say(f"[demo] {line}")
+    say(f"[demo] stages took {results['stages_total_seconds'] / 60:.1f} min; this run {results['total_seconds'] / 60:.1f} "
+        f"min. Results: {results_dir} (table.md, results.json, {Path(plot).name}); checkpoints: "
+        f"{refined['export_dir']}; drafts: {drafts['run_dir']}")
     return results
+
+
+def _draft_result(summary) -> dict:
+    return {"run_dir": str(summary.run_dir), "rows_written": summary.rows_written,
+            "rows_rejected": summary.rows_rejected, "content_hash": summary.content_hash}
+
+
+def _git_commit() -> Optional[str]:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _last_probe(stage: dict) -> Optional[dict]:
+    """The number probe at the end of a training stage (copy / arithmetic / word accuracy)."""
+    final = stage.get("metrics") or {}
+    if final.get("probe_copy") is None:
+        return None
+    return {k: final.get(f"probe_{k}") for k in ("copy", "arith", "word")} | {"step": final.get("step")}
 
 
 def stages_fp(cfg: DemoConfig, upstream: dict, *names: str) -> str:
@@ -230,24 +339,58 @@ def stages_fp(cfg: DemoConfig, upstream: dict, *names: str) -> str:
     return hashlib.sha256((cfg.fingerprint(*names) + up).encode()).hexdigest()[:12]
 
 
-def check_goal(rows: list[dict]) -> dict:
-    """The issue's goal: at 1/8 NFE, mask+edit >= mask-only at full NFE and >= mask-only at 1/8 + 20 points."""
-    def acc(kind: str, fraction: float) -> Optional[float]:
+def compare(rows: list[dict]) -> list[dict]:
+    """At each fraction of the full budget: the base model's mask-only decoding against the refiner's
+    mask + edit decoding at equal NFE, with the draft before editing, as numbers and deltas (points)."""
+    def find(model: str, kind: str, fraction: float) -> Optional[dict]:
         for r in rows:
-            if r.get("kind") == kind and abs(float(r.get("fraction") or 0) - fraction) < 1e-9:
-                return r.get("accuracy_after")
+            if r.get("model") == model and r.get("kind") == kind and abs(float(r.get("fraction") or 0) - fraction) < 1e-9:
+                return r
         return None
 
-    full_mask, eighth_mask, eighth_edit = acc("mask_only", 1.0), acc("mask_only", 0.125), acc("mask_edit", 0.125)
-    if None in (full_mask, eighth_mask, eighth_edit):
-        return {"verdict": "not measured (budget rows missing)"}
-    met_a = eighth_edit >= full_mask
-    met_b = eighth_edit >= eighth_mask + 0.20
-    verdict = (f"mask+edit at 1/8 = {eighth_edit:.1%} vs mask-only full = {full_mask:.1%} ({'met' if met_a else 'NOT met'}); "
-               f"vs mask-only 1/8 = {eighth_mask:.1%}, +{100 * (eighth_edit - eighth_mask):.1f} points "
-               f"({'met' if met_b else 'NOT met'}, goal +20)")
-    return {"mask_edit_eighth": eighth_edit, "mask_only_full": full_mask, "mask_only_eighth": eighth_mask,
-            "at_least_full": met_a, "plus_20_points": met_b, "verdict": verdict}
+    def pick(r: Optional[dict], when: str) -> Optional[dict]:
+        if r is None:
+            return None
+        return {"right": r.get(f"accuracy_{when}"), "valid": r.get(f"valid_{when}"),
+                "skeleton_valid": r.get(f"skeleton_valid_{when}")}
+
+    def points(a: Optional[float], b: Optional[float]) -> Optional[float]:
+        return None if a is None or b is None else round(100 * (a - b), 1)
+
+    full = pick(find("base", "mask_only", 1.0), "after")
+    out = []
+    for fraction in sorted({float(r["fraction"]) for r in rows if r.get("fraction")}, reverse=True):
+        mask_only, mask_edit = find("base", "mask_only", fraction), find("refiner", "mask_edit", fraction)
+        if mask_only is None or mask_edit is None:
+            continue
+        base_, edit_, draft_ = pick(mask_only, "after"), pick(mask_edit, "after"), pick(mask_edit, "before")
+        out.append({
+            "fraction": fraction, "nfe_budget": mask_only["budget_nfe"],
+            "mask_only": {**base_, "label": mask_only["label"]},
+            "mask_edit": {**edit_, "label": mask_edit["label"], "mean_nfe": mask_edit.get("mean_nfe")},
+            "mask_edit_draft": draft_,
+            "valid_points_vs_mask_only": points(edit_["valid"], base_["valid"]),
+            "right_points_vs_mask_only": points(edit_["right"], base_["right"]),
+            "right_points_vs_full_mask_only": points(edit_["right"], full["right"] if full else None),
+            "valid_points_from_editing": points(edit_["valid"], draft_["valid"]),
+        })
+    return out
+
+
+def comparison_lines(comparison: list[dict]) -> list[str]:
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    lines = []
+    for c in comparison:
+        f = "1" if c["fraction"] >= 1 else f"1/{round(1 / c['fraction'])}"
+        lines.append(
+            f"at {f} NFE ({c['nfe_budget']}): mask-only {pct(c['mask_only']['right'])} right / "
+            f"{pct(c['mask_only']['valid'])} valid; mask+edit {pct(c['mask_edit']['right'])} / "
+            f"{pct(c['mask_edit']['valid'])} (draft {pct(c['mask_edit_draft']['valid'])} valid): "
+            f"{c['valid_points_vs_mask_only']:+.1f} valid points, {c['right_points_vs_full_mask_only']:+.1f} right "
+            f"points vs mask-only at the full budget")
+    return lines
 
 
 def serve_once(checkpoint: str, cfg: DemoConfig, say: Callable[[str], None]) -> dict:

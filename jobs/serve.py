@@ -104,6 +104,7 @@ def cli(argv: list[str]) -> int:
     _say(f"deploying {app_args['checkpoint']} (loading the model on each replica) ...")
     url = run_local(app_args, host=cfg.host, port=cfg.port, app_name=cfg.app_name, route_prefix=cfg.route_prefix)
     _say(f"ready at {url}  (POST /v1/refine, /v1/chat/completions, /v1/completions; GET /v1/models, /docs)")
+    _say(f"playground: open {url}/ in a browser")
     _say(f"try: curl -s {url}/v1/refine -H 'Content-Type: application/json' -d '{{\"prompt\": \"What is 3 + 4?\"}}'")
     if cfg.detach:
         _say(f"detached: the app keeps running; stop it with `serve shutdown` or serve.delete({cfg.app_name!r})")

@@ -7,6 +7,7 @@ the Debian packages ``chromium`` and ``chromium-driver`` (.ci/run installs them)
 ``MEDLM_PLAYGROUND_SCREENSHOT=docs/playground.png`` to save the page after a finished request.
 """
 
+import base64
 import os
 import shutil
 from pathlib import Path
@@ -76,11 +77,14 @@ def submit(browser, fields: dict) -> str:
 
 
 def save_screenshot(browser, path: str) -> None:
-    height = browser.execute_script("return document.documentElement.scrollHeight")
-    browser.set_window_size(1100, height + 20)
+    """The whole page, not only the window (Chrome's own full-page capture)."""
+    width, height = browser.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+    shot = browser.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}})
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(path)
-    browser.set_window_size(1100, 900)
+    Path(path).write_bytes(base64.b64decode(shot["data"]))
 
 
 def test_a_prompt_streams_in_and_the_edit_markup_matches_the_reply(browser, url):

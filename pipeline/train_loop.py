@@ -108,6 +108,8 @@ class Worker:
         self.usable_rows: dict = config["usable_rows"]
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        if not self.cfg.use_gpu:  # one intra-op thread per CPU this worker reserved, whatever torch guessed
+            torch.set_num_threads(max(1, int(self.cfg.cpus_per_worker)))
         self.deepspeed = _import_deepspeed(self.cfg.use_gpu)
         self.device = ray.train.torch.get_device() if self.cfg.use_gpu else torch.device("cpu")
         torch.manual_seed(self.cfg.seed + self.rank)

@@ -157,6 +157,9 @@ def _clean_env() -> dict:
 @pytest.fixture(scope="module")
 def head():
     """A `ray start --head` cluster started as the README's head-node recipe says, with its own everything."""
+    ray_bin = str(BIN / "ray")
+    if not os.access(ray_bin, os.X_OK):
+        pytest.skip(f"no `ray` CLI next to {sys.executable}; run the tests with the project's venv python")
     base = tempfile.mkdtemp(prefix="medlm-js-", dir="/tmp")  # short: Unix socket paths are capped at ~107 bytes
     temp_dir, home = os.path.join(base, "ray"), os.path.join(base, "home")
     os.makedirs(home)
@@ -165,7 +168,6 @@ def head():
     # Ray gives its dashboard 60 s to come up; at nice 19 on two busy cores it took longer
     env.update(HOME=home, PIP_NO_INDEX="1", OMP_NUM_THREADS="1", RAY_DASHBOARD_STARTUP_TIMEOUT_S="600")
     env[MARKER] = marker.split("=", 1)[1]
-    ray_bin = str(BIN / "ray")
     info = {"base": Path(base), "home": home, "token_file": os.path.join(home, ".ray", "auth_token")}
     try:
         # the README's head-node lines: a token, then RAY_AUTH_MODE=token for ray start and the client

@@ -14,7 +14,9 @@ cluster/deepspeed/zero2.json are sized for LLaDA-8B). Each run does ``--warmup-s
 not timed, then ``--steps`` timed ones. Reported per configuration (medians over ``--repeats``; the
 three run in turn within a repeat, the order rotating, so background load hits them alike):
   * steady-state tokens/s: tokens of the timed steps over their wall time (Ray: from rank 0's
-    ``metrics.jsonl``, the log window after warm-up to the last one, log and report costs included);
+    ``metrics.jsonl``, the log window after warm-up to the last one, so the all-reduce and
+    ``ray.train.report`` closing each window are included: here every ``--warmup-steps`` (5) steps,
+    where the demo's 600-step run logs every 30);
   * start-up seconds: call -> first step (Ray: ``run_training`` called -> rank 0's ``data`` event, just
     before its loop: data preparation, worker start, process group, DeepSpeed set-up, model load;
     ``ray.init`` is paid once per process and reported apart); tail seconds: last step -> return

@@ -203,7 +203,10 @@ def main(argv=None) -> int:
         args.mask_steps, args.edit_steps = min(args.mask_steps, 4), min(args.edit_steps, 2)
         args.baseline_mask_steps = min(args.baseline_mask_steps, 32)
 
+    from benchmarks.common import load_average, start
+
     out = args.out or RESULTS / ("gpu_smoke.json" if not args.cpu_dry_run else "gpu_smoke_cpu_dry_run.json")
+    started = start("gpu_smoke")
     result: dict = {
         "benchmark": "gpu_smoke",
         "status": "running",
@@ -213,6 +216,8 @@ def main(argv=None) -> int:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
+        "cpu_count": started["cpu_count"],
+        "load_average_at_start": started["load_average_at_start"],
     }
     t_start = time.perf_counter()
     try:
@@ -227,6 +232,7 @@ def main(argv=None) -> int:
         rc = 1
     finally:
         result["wall_time_s"] = time.perf_counter() - t_start
+        result["load_average_at_end"] = load_average()
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps({k: v for k, v in result.items() if k != "traceback"}, indent=2))

@@ -28,9 +28,14 @@ demo: setup
 demo-quick: setup
 	$(BIN)/medlm demo --quick
 
+# Every benchmark, ~2-2.5 h on 2 idle cores (see README "Benchmarks"); on a busy machine the numbers
+# mean little (each script warns). Add QUICK=--quick for seconds-to-minutes smoke runs to *.smoke.json.
 bench: setup
-	$(BIN)/python benchmarks/bench_edits.py
-	$(BIN)/python benchmarks/bench_sampling.py
+	$(BIN)/python benchmarks/bench_edits.py $(QUICK)
+	$(BIN)/python benchmarks/bench_sampling.py $(QUICK)
+	$(BIN)/python benchmarks/bench_serve.py $(QUICK)
+	$(BIN)/python benchmarks/bench_train.py $(QUICK)
+	$(BIN)/python benchmarks/bench_pipeline.py $(QUICK)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

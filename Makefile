@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# DeepSpeed compiles its CPU communication op on first use; build it here, once, so no training
+	# run pays for it (or, interrupted half-way, leaves a lock that hangs every later run)
+	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder as B; B().load()" \
+		|| echo "warning: could not prebuild DeepSpeed's shm comm op (needs gcc); the first training run builds it"
 	touch $(STAMP)
 
 test: setup

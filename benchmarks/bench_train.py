@@ -2,9 +2,10 @@
 
 Part 1, speed (goal: each Ray configuration's steady-state tokens/s >= 0.8x the plain loop's):
   plain     ``medlm.trainer.train_local`` in this process with torch.set_num_threads(os.cpu_count()):
-            AdamW, clipping 1.0, fp32, one packed row per step;
-  ray_2x1   ``pipeline.trainer.run_training`` as the demo calls it (objective mask, one packed row per
-            worker and step, no accumulation), 2 workers x 1 CPU, ZeRO-2;
+            AdamW, clipping 1.0, fp32, ``--rows-per-step`` packed rows per step;
+  ray_2x1   ``pipeline.trainer.run_training`` as the demo calls it (objective mask, ``--rows-per-step``
+            packed rows per worker and step as the demo's micro_batch_rows, no accumulation, no
+            probe), 2 workers x 1 CPU, ZeRO-2;
   ray_1x2   the same with 1 worker x 2 CPUs, ZeRO-2 (the worker sets torch threads = cpus_per_worker).
 All three start from the same checkpoint (``small`` preset, default tokenizer) and read the same toy
 rows through the same code: ``pipeline.sources.normalise_records`` -> ``pipeline.train_batches``
@@ -32,7 +33,7 @@ also apart). Buckets here are 5e5 elements: the census counts what scales with t
 5e6-element staging buffer (20 MB) would outweigh this model's own state at either world size. Its
 tokens/s are printed for information only (one thread per rank, no Ray).
 
-    python benchmarks/bench_train.py            # ~30 min on an idle 2-core machine; bench_train.json
+    python benchmarks/bench_train.py            # ~40 min on an idle 2-core machine; bench_train.json
     python benchmarks/bench_train.py --quick    # smoke run (tiny preset, 1 repeat); bench_train.smoke.json
     python benchmarks/bench_train.py --parts speed --repeats 3
 """
@@ -127,7 +128,7 @@ def run_plain(ckpt: Path, rows_file: Path, args) -> dict:
     model, tok = load_checkpoint(ckpt)
     stream = ExampleStream("mask", special_ids(tok), gen_len=args.gen_len, mix_ratio=0.5, seed=0, rank=0,
                            mask_rows=plain_mask_rows(ckpt, rows_file, args.gen_len))
-    packer = Packer(stream, args.max_len, 1)
+    packer = Packer(stream, args.max_len, args.rows_per_step)
     marks, tokens = [], []
 
     def next_batch(step):
@@ -154,7 +155,7 @@ def run_ray(name: str, run_name: str, ckpt: Path, rows_file: Path, work: Path, o
     w = args.warmup_steps
     cfg = TrainConfig(
         run_name=run_name, storage_path=str(work / "train"), init_from=str(ckpt), objective="mask",
-        sources=[str(rows_file)], max_len=args.max_len, gen_len=args.gen_len, micro_batch_rows=1, grad_accum=1,
+        sources=[str(rows_file)], max_len=args.max_len, gen_len=args.gen_len, micro_batch_rows=args.rows_per_step, grad_accum=1,
         lr=args.lr, min_lr=args.lr / 10, warmup_steps=w, max_steps=w + args.steps, zero_stage=2,
         deepspeed_overrides=overrides, checkpoint_every=w + args.steps, log_every=w, seed=0, max_failures=0,
         **RAY_CONFIGS[name],
@@ -215,7 +216,7 @@ def speed_part(args, work: Path) -> dict:
     return {
         "settings": {"preset": args.preset, "max_len": args.max_len, "gen_len": args.gen_len, "toy_problems": args.problems,
                      "warmup_steps": args.warmup_steps, "timed_steps": args.steps, "repeats": args.repeats, "lr": args.lr,
-                     "objective": "mask", "rows_per_step_per_worker": 1, "grad_accum": 1, "zero_stage": 2,
+                     "objective": "mask", "rows_per_step_per_worker": args.rows_per_step, "grad_accum": 1, "zero_stage": 2,
                      "deepspeed_overrides": overrides, "ray_configs": {n: RAY_CONFIGS[n] for n in names if n in RAY_CONFIGS},
                      "plain_torch_threads": os.cpu_count(), "precision": "fp32"},
         "ray_init_s": ray_init_s,
@@ -442,6 +443,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=30, help="timed steps after the warm-up")
     ap.add_argument("--max-len", type=int, default=1024, help="tokens per packed row (the demo's)")
     ap.add_argument("--gen-len", type=int, default=48, help="the demo's")
+    ap.add_argument("--rows-per-step", type=int, default=2, help="packed rows per step and worker (the demo's micro_batch_rows)")
     ap.add_argument("--problems", type=int, default=2000, help="toy training rows")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--configs", nargs="+", choices=("plain", *RAY_CONFIGS), default=["plain", *RAY_CONFIGS],
@@ -458,7 +460,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.preset = args.census_preset = "tiny"
-        args.repeats, args.warmup_steps, args.steps, args.problems = 1, 1, 2, 64
+        args.repeats, args.warmup_steps, args.steps, args.problems, args.rows_per_step = 1, 1, 2, 64, 1
         args.max_len, args.census_max_len = 256, 256  # gen_len stays 48: toy answers need it
         args.census_modes, args.census_warmup, args.census_steps = ["zero3"], 1, 1
     started = start("bench_train")

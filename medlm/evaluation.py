@@ -432,7 +432,7 @@ def plot_accuracy_vs_nfe(rows: Sequence[dict], path: str | Path, title: Optional
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     names = {"mask_only": "mask only", "mask_edit": "mask + edit"}
     colours = iter(["tab:blue", "tab:orange", "tab:gray", "tab:green", "tab:red", "tab:purple"])
     groups: dict[tuple, list] = {}
@@ -446,15 +446,18 @@ def plot_accuracy_vs_nfe(rows: Sequence[dict], path: str | Path, title: Optional
         if all(r.get("valid_after") is not None for _, r in points):
             ax.plot(xs, [r["valid_after"] for _, r in points], "s--", color=colour,
                     label=f"{name}: whole answer valid")
+        if all(r.get("skeleton_valid_after") is not None for _, r in points):
+            ax.plot(xs, [r["skeleton_valid_after"] for _, r in points], "^:", color=colour,
+                    label=f"{name}: phrasing valid (numbers ignored)")
     ax.set_xscale("log", base=2)
-    ticks = sorted({round(r.get("mean_nfe") or r["budget_nfe"], 1) for r in rows})
+    ticks = sorted({r["budget_nfe"] for r in rows})  # the budgets; points sit at the NFE actually used
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("NFE per sample (mask + edit steps run)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     if title:
         ax.set_title(title)
     fig.tight_layout()

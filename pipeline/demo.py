@@ -370,6 +370,7 @@ def compare(rows: list[dict]) -> list[dict]:
             "mask_edit": {**edit_, "label": mask_edit["label"], "mean_nfe": mask_edit.get("mean_nfe")},
             "mask_edit_draft": draft_,
             "valid_points_vs_mask_only": points(edit_["valid"], base_["valid"]),
+            "phrasing_points_vs_mask_only": points(edit_["skeleton_valid"], base_["skeleton_valid"]),
             "right_points_vs_mask_only": points(edit_["right"], base_["right"]),
             "right_points_vs_full_mask_only": points(edit_["right"], full["right"] if full else None),
             "valid_points_from_editing": points(edit_["valid"], draft_["valid"]),
@@ -388,8 +389,8 @@ def comparison_lines(comparison: list[dict]) -> list[str]:
             f"at {f} NFE ({c['nfe_budget']}): mask-only {pct(c['mask_only']['right'])} right / "
             f"{pct(c['mask_only']['valid'])} valid; mask+edit {pct(c['mask_edit']['right'])} / "
             f"{pct(c['mask_edit']['valid'])} (draft {pct(c['mask_edit_draft']['valid'])} valid): "
-            f"{c['valid_points_vs_mask_only']:+.1f} valid points, {c['right_points_vs_full_mask_only']:+.1f} right "
-            f"points vs mask-only at the full budget")
+            f"{c['valid_points_vs_mask_only']:+.1f} valid points, {c['phrasing_points_vs_mask_only']:+.1f} phrasing-valid "
+            f"points; right {c['right_points_vs_full_mask_only']:+.1f} points vs mask-only at the full budget")
     return lines
 
 

@@ -1,0 +1,56 @@
+"""The demo's own logic without running it: settings that cannot fit are refused before Ray starts,
+and the comparison at each budget fraction is computed from the evaluation rows."""
+
+import pytest
+
+from medlm.evaluation import budget_table
+from medlm.tasks.toy import generate_problems
+from medlm.tokenizer import build_default_tokenizer
+from pipeline.demo import DemoConfig, check_fits, compare, comparison_lines
+
+
+def test_default_and_quick_configs_pass_their_checks():
+    DemoConfig().check()
+    DemoConfig.quick_preset().check()
+
+
+@pytest.mark.parametrize("overrides, named", [
+    ({"gen_len": 4}, "gen_len=4"),  # 1/8 of 4 steps repeats budgets
+    ({"train_problems": 0}, "train_problems=0"),
+    ({"test_problems": 0}, "test_problems=0"),
+    ({"draft_rows": 1, "num_workers": 2}, "draft_rows=1"),
+    ({"gen_len": 2048}, "gen_len=2048"),  # no room for a prompt in max_len
+])
+def test_configs_that_cannot_fit_are_refused_naming_the_setting(overrides, named):
+    with pytest.raises(ValueError, match=named):
+        DemoConfig(**overrides).check()
+
+
+def test_a_gen_len_shorter_than_the_longest_answer_is_refused():
+    tok = build_default_tokenizer()
+    problems = generate_problems(50, seed=0, split="test")
+    check_fits(DemoConfig(gen_len=48), tok, problems)
+    with pytest.raises(ValueError, match=r"gen_len=20 is shorter than the longest reference answer"):
+        check_fits(DemoConfig(gen_len=20), tok, problems)
+
+
+def test_comparison_reports_deltas_in_points_at_every_fraction():
+    rows = []
+    for i, (mask_only, mask_edit) in enumerate(budget_table(48)):
+        f = mask_only.fraction
+        rows.append({"model": "base", "kind": "mask_only", "fraction": f, "label": mask_only.label,
+                     "budget_nfe": mask_only.nfe, "accuracy_after": 0.9 - 0.1 * i, "valid_after": 0.8 - 0.2 * i,
+                     "skeleton_valid_after": 0.9 - 0.2 * i})
+        rows.append({"model": "refiner", "kind": "mask_edit", "fraction": f, "label": mask_edit.label,
+                     "budget_nfe": mask_edit.nfe, "mean_nfe": mask_edit.nfe - 1,
+                     "accuracy_before": 0.5, "accuracy_after": 0.88, "valid_before": 0.1, "valid_after": 0.75,
+                     "skeleton_valid_before": 0.2, "skeleton_valid_after": 0.85})
+    comparison = compare(rows)
+    assert [c["fraction"] for c in comparison] == [1.0, 0.5, 0.25, 0.125]
+    eighth = comparison[-1]
+    assert eighth["mask_only"]["valid"] == pytest.approx(0.2)
+    assert eighth["valid_points_vs_mask_only"] == pytest.approx(55.0)
+    assert eighth["phrasing_points_vs_mask_only"] == pytest.approx(55.0)
+    assert eighth["right_points_vs_full_mask_only"] == pytest.approx(-2.0)
+    assert eighth["valid_points_from_editing"] == pytest.approx(65.0)
+    assert len(comparison_lines(comparison)) == 4

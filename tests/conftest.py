@@ -10,6 +10,10 @@ import os
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# GSM8K is not shipped; tests read the copy beside the repository when there is one
+_SHARED_GSM8K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "gsm8k")
+if os.path.isdir(_SHARED_GSM8K):
+    os.environ.setdefault("MEDLM_GSM8K_DIR", os.path.abspath(_SHARED_GSM8K))
 
 import torch  # noqa: E402
 

@@ -360,3 +360,17 @@ def test_registry_graders():
     row = {"question": "q", "answer": "2 + 2 = 4\n#### 4"}
     assert get_task("gsm8k").grade(row, "so \\boxed{4}")["correct"]
     assert not get_task("gsm8k").grade(row, "the answer is 5")["correct"]
+
+
+def test_gsm8k_loader_reads_the_folder_the_user_names(monkeypatch):
+    monkeypatch.delenv("MEDLM_GSM8K_DIR", raising=False)
+    with pytest.raises(FileNotFoundError, match="set MEDLM_GSM8K_DIR"):
+        get_task("gsm8k").load(split="test")
+    if not GSM8K_TEST.is_file():
+        pytest.skip(f"GSM8K test set not found at {GSM8K_TEST}")
+    monkeypatch.setenv("MEDLM_GSM8K_DIR", str(GSM8K_TEST.parent))
+    rows = get_task("gsm8k").load(split="test", limit=5)
+    assert [r["id"] for r in rows] == [f"gsm8k-test-{i:06d}" for i in range(5)]
+    monkeypatch.setenv("MEDLM_GSM8K_DIR", str(GSM8K_TEST.parent / "missing"))
+    with pytest.raises(FileNotFoundError, match="has no test.jsonl"):
+        get_task("gsm8k").load(split="test")

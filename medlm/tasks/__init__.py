@@ -16,8 +16,7 @@ from typing import Any, Callable
 
 __all__ = ["Task", "get_task", "TASKS", "gsm8k_path", "load_gsm8k"]
 
-# /work/main/medlm/tasks/__init__.py -> /work/shared/data/gsm8k (kept outside the repository)
-GSM8K_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k"
+GSM8K_ENV = "MEDLM_GSM8K_DIR"  # a folder with GSM8K's {train,test}.jsonl; the data is not shipped
 
 
 @dataclass(frozen=True)
@@ -28,8 +27,17 @@ class Task:
 
 
 def gsm8k_path(split: str = "test") -> Path:
-    """GSM8K ``{split}.jsonl``: under ``$MEDLM_GSM8K_DIR`` if set, else ``../shared/data/gsm8k``."""
-    return Path(os.environ.get("MEDLM_GSM8K_DIR", GSM8K_DIR)) / f"{split}.jsonl"
+    """GSM8K ``{split}.jsonl`` under ``$MEDLM_GSM8K_DIR``; a clear error when it is not set or not there."""
+    folder = os.environ.get(GSM8K_ENV)
+    if not folder:
+        raise FileNotFoundError(
+            f"GSM8K is not shipped with medlm: set {GSM8K_ENV} to a folder holding train.jsonl / test.jsonl "
+            "(rows {\"question\", \"answer\"}, e.g. the Hugging Face dataset openai/gsm8k, config 'main', "
+            "written out as JSON lines)")
+    path = Path(folder).expanduser() / f"{split}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{GSM8K_ENV}={folder} has no {split}.jsonl")
+    return path
 
 
 def load_gsm8k(split: str = "test", limit: int | None = None) -> list[dict]:

@@ -50,8 +50,13 @@ def _probe_items(tokenizer, problem, gen_len: int, rng: random.Random, words_per
     words = [i for i, w in enumerate(text) if w and not w.isdigit() and resp[i] != sp.pad]
     for i in rng.sample(words, min(words_per_problem, len(words))):
         items.append(("word", prompt, resp, [i]))
-    return [(cat, p + [sp.mask if j in set(pos) else t for j, t in enumerate(r)], [len(p) + j for j in pos],
-             [r[j] for j in pos]) for cat, p, r, pos in items]
+    out = []
+    for cat, p, r, pos in items:
+        masked = list(r)
+        for j in pos:
+            masked[j] = sp.mask
+        out.append((cat, p + masked, [len(p) + j for j in pos], [r[j] for j in pos]))
+    return out
 
 
 @torch.no_grad()

@@ -55,11 +55,11 @@ from benchmarks.common import add_quick_flag, median, start, write_result  # noq
 from medlm.checkpoint import load_checkpoint, new_model, save_checkpoint  # noqa: E402
 from medlm.tasks.toy import generate_problems, write_jsonl  # noqa: E402
 from medlm.tokenizer import build_default_tokenizer, special_ids  # noqa: E402
-from pipeline.align import align_table  # noqa: E402
-from pipeline.draft_stages import draft_table  # noqa: E402
+from pipeline.drafts.align import align_table  # noqa: E402
+from pipeline.drafts.stages import draft_table  # noqa: E402
 from pipeline.drafts import GenerateConfig, plan_run, run_generate  # noqa: E402
-from pipeline.shards import DRAFT_SCHEMA, MANIFEST, content_hash  # noqa: E402
-from pipeline.sources import (  # noqa: E402
+from pipeline.drafts.shards import DRAFT_SCHEMA, MANIFEST, content_hash  # noqa: E402
+from pipeline.common.sources import (  # noqa: E402
     duplicate_rows,
     first_occurrences,
     normalise_records,

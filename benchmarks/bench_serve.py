@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from pipeline.serve import LINGER_FRACTION, build_app, free_port, run_local
+    from pipeline.serve import build_app, run_local
+    from pipeline.serve.app import free_port
+    from pipeline.serve.batching import LINGER_FRACTION
 
     ckpt = args.checkpoint or make_checkpoint(args.preset)
     budget = {"max_new_tokens": args.max_new_tokens, "mask_steps": args.mask_steps, "edit_steps": args.edit_steps}

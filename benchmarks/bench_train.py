@@ -3,12 +3,12 @@
 Part 1, speed (goal: each Ray configuration's steady-state tokens/s >= 0.8x the plain loop's):
   plain     ``medlm.trainer.train_local`` in this process with torch.set_num_threads(os.cpu_count()):
             AdamW, clipping 1.0, fp32, ``--rows-per-step`` packed rows per step;
-  ray_2x1   ``pipeline.trainer.run_training`` as the demo calls it (objective mask, ``--rows-per-step``
+  ray_2x1   ``pipeline.train.driver.run_training`` as the demo calls it (objective mask, ``--rows-per-step``
             packed rows per worker and step as the demo's micro_batch_rows, no accumulation, no
             probe), 2 workers x 1 CPU, ZeRO-2;
   ray_1x2   the same with 1 worker x 2 CPUs, ZeRO-2 (the worker sets torch threads = cpus_per_worker).
 All three start from the same checkpoint (``small`` preset, default tokenizer) and read the same toy
-rows through the same code: ``pipeline.sources.normalise_records`` -> ``pipeline.train_batches``
+rows through the same code: ``pipeline.common.sources.normalise_records`` -> ``pipeline.train.batches``
 ``ExampleStream`` + ``Packer`` at the same ``max_len`` / ``gen_len``. The Ray runs use the DeepSpeed
 bucket sizes of the CPU config (``deepspeed_overrides`` in jobs/configs/train.yaml; the 2e8 of
 cluster/deepspeed/zero2.json are sized for LLaDA-8B). Each run does ``--warmup-steps`` steps that are
@@ -101,8 +101,8 @@ def plain_mask_rows(ckpt: Path, rows_file: Path, gen_len: int):
     import pyarrow.compute as pc
 
     from medlm.modeling import MedlmConfig
-    from pipeline.sources import OK, normalise_records, records_of_file, resolve_sources
-    from pipeline.train_batches import MaskRows
+    from pipeline.common.sources import OK, normalise_records, records_of_file, resolve_sources
+    from pipeline.train.batches import MaskRows
 
     limit = MedlmConfig.from_pretrained(str(ckpt)).max_position_embeddings
     (source,) = resolve_sources([str(rows_file)])
@@ -121,7 +121,7 @@ def run_plain(ckpt: Path, rows_file: Path, args) -> dict:
     from medlm.packing import collate
     from medlm.tokenizer import special_ids
     from medlm.trainer import train_local
-    from pipeline.train_batches import ExampleStream, Packer
+    from pipeline.train.batches import ExampleStream, Packer
 
     t_call = time.perf_counter()
     torch.set_num_threads(os.cpu_count())
@@ -148,9 +148,9 @@ def run_plain(ckpt: Path, rows_file: Path, args) -> dict:
 
 
 def run_ray(name: str, run_name: str, ckpt: Path, rows_file: Path, work: Path, overrides: dict, args) -> dict:
-    from pipeline.train_config import TrainConfig
-    from pipeline.train_metrics import read_metrics
-    from pipeline.trainer import run_training
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.metrics import read_metrics
+    from pipeline.train.driver import run_training
 
     w = args.warmup_steps
     cfg = TrainConfig(
@@ -329,8 +329,8 @@ def build(mode: str, world: int, lr: float, preset: str, baseline: dict[int, int
         return step, lambda: None
 
     import deepspeed
-    from pipeline.ds_config import deepspeed_config
-    from pipeline.train_config import TrainConfig
+    from pipeline.train.ds_config import deepspeed_config
+    from pipeline.train.config import TrainConfig
 
     stage = int(mode[-1])
     zero = {"reduce_bucket_size": CENSUS_BUCKET, "allgather_bucket_size": CENSUS_BUCKET}

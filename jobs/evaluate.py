@@ -83,7 +83,7 @@ def cli(argv: list[str]) -> int:
     if not cfg.checkpoint:
         print("medlm eval: no checkpoint given (--checkpoint DIR or checkpoint=DIR)", file=sys.stderr)
         return 2
-    from pipeline.evaluate import run_eval
+    from pipeline.eval import run_eval
 
     try:
         budgets = budgets_of(cfg)

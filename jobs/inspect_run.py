@@ -12,7 +12,7 @@ import sys
 
 import polars as pl
 
-from pipeline.shards import RunNotReady, open_run
+from pipeline.drafts import RunNotReady, open_run
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 

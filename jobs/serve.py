@@ -7,7 +7,7 @@
 On a laptop it starts a local Ray, deploys, prints the URL and blocks until Ctrl-C. With RAY_ADDRESS
 set (as under `ray job submit`) it deploys onto that cluster; ``detach=true`` then ends the job once
 the app answers, leaving the app running (Serve apps outlive the driver that deployed them).
-``app.*`` keys are the app's arguments (pipeline.serve_api.ServeArgs); a typo there or anywhere in
+``app.*`` keys are the app's arguments (pipeline.serve.ServeArgs); a typo there or anywhere in
 the config stops the command before Ray starts, naming the key.
 """
 
@@ -35,7 +35,7 @@ class ServeJobConfig:
     route_prefix: str = "/"
     detach: bool = False  # deploy, wait until it answers, exit (for `ray job submit`)
     num_cpus: int | None = None  # CPUs of a local Ray started here; None: all of them
-    app: dict = field(default_factory=dict)  # build_app args, see pipeline.serve_api.ServeArgs
+    app: dict = field(default_factory=dict)  # build_app args, see pipeline.serve.ServeArgs
 
 
 def _say(message: str) -> None:
@@ -67,7 +67,7 @@ def build_config(argv: list[str]) -> ServeJobConfig:
 def check_app_args(cfg: ServeJobConfig) -> dict:
     """Validate the app arguments here, before Ray starts; a local checkpoint must exist."""
     from medlm.checkpoint import check_checkpoint_dir
-    from pipeline.serve_api import ServeArgs
+    from pipeline.serve import ServeArgs
 
     if not cfg.app.get("checkpoint"):
         raise ConfigError("no checkpoint: pass --checkpoint DIR (or app.checkpoint=DIR)")

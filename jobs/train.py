@@ -27,7 +27,7 @@ def cli(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     from jobs.config import ConfigError, load_config
-    from pipeline.train_config import TrainConfig
+    from pipeline.train import TrainConfig
 
     try:
         cfg = load_config(args.config, args.overrides, TrainConfig).check()
@@ -38,8 +38,7 @@ def cli(argv: list[str]) -> int:
     import ray
     from ray.train import TrainingFailedError
 
-    from pipeline.train_data import DataError
-    from pipeline.trainer import run_training
+    from pipeline.train import DataError, run_training
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None)

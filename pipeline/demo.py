@@ -148,8 +148,7 @@ class Stages:
 
 
 def _train(cfg: DemoConfig, out: Path, **kwargs) -> dict:
-    from pipeline.train_config import TrainConfig
-    from pipeline.trainer import run_training
+    from pipeline.train import TrainConfig, run_training
 
     steps = kwargs["max_steps"]
     buckets = {"reduce_bucket_size": cfg.bucket_elements, "allgather_bucket_size": cfg.bucket_elements}
@@ -255,7 +254,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     # 5. the step-budget table on held-out problems: the base model decodes mask-only, the refiner
     #    decodes mask + edit (and mask-only, to show what refiner training did to plain decoding)
     def evaluate() -> dict:
-        from pipeline.evaluate import run_eval
+        from pipeline.eval import run_eval
 
         pairs = budget_table(cfg.gen_len)
         rows = []

@@ -28,7 +28,7 @@ from medlm.evaluation import (
     summarise,
     table_markdown,
 )
-from pipeline.evaluate import run_eval
+from pipeline.eval import run_eval
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HOSTILE_COMPLETION = "    while True:\n        pass\n"

@@ -23,9 +23,9 @@ from medlm.checkpoint import checkpoint_hash
 from medlm.edits import apply_edits, count_edits, edit_distance, edit_labels
 from medlm.tasks.toy import generate_problems, write_jsonl
 from medlm.tokenizer import load_tokenizer, response_ids, special_ids, tokenizer_hash
-from pipeline.drafts import CRASH_HOOK_ENV
-from pipeline.recipe import DraftRecipe, row_recipe
-from pipeline.shards import (
+from pipeline.drafts.job import CRASH_HOOK_ENV
+from pipeline.drafts.recipe import DraftRecipe, row_recipe
+from pipeline.drafts.shards import (
     DRAFT_SCHEMA,
     SCHEMA_VERSION,
     RunNotReady,

@@ -23,8 +23,11 @@ from medlm.checkpoint import load_checkpoint
 from medlm.edits import apply_edits
 from medlm.sampling import DecodeConfig, generate, strip_padding
 from medlm.tokenizer import decode_response, special_ids, stdlib_corpus, train_tokenizer
-from pipeline.serve import DEPLOYMENT_NAME, DecodeMerger, free_port, run_local
-from pipeline.serve_api import MASK_PLACEHOLDER, ServeArgs, StepEvents, default_steps
+from pipeline.serve import run_local
+from pipeline.serve.app import DEPLOYMENT_NAME, free_port
+from pipeline.serve.batching import DecodeMerger
+from pipeline.serve.api import MASK_PLACEHOLDER, ServeArgs, default_steps
+from pipeline.serve.replies import StepEvents
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_BUDGET = {"max_new_tokens": 8, "mask_steps": 2, "edit_steps": 1}

@@ -33,12 +33,12 @@ from medlm.packing import collate, mask_example  # noqa: E402
 from medlm.sampling import DecodeConfig, generate  # noqa: E402
 from medlm.tasks.toy import generate_problems, write_jsonl  # noqa: E402
 from medlm.tokenizer import chat_prompt_ids, decode_response, load_tokenizer, response_ids, special_ids  # noqa: E402
-from pipeline import shards  # noqa: E402
-from pipeline.train_config import TrainConfig  # noqa: E402
-from pipeline.train_data import DataError  # noqa: E402
-from pipeline.train_loop import FAIL_MARKER  # noqa: E402
-from pipeline.train_metrics import read_metrics  # noqa: E402
-from pipeline.trainer import run_training  # noqa: E402
+from pipeline.drafts import shards  # noqa: E402
+from pipeline.train.config import TrainConfig  # noqa: E402
+from pipeline.train.data import DataError  # noqa: E402
+from pipeline.train.worker import FAIL_MARKER  # noqa: E402
+from pipeline.train.metrics import read_metrics  # noqa: E402
+from pipeline.train.driver import run_training  # noqa: E402
 
 GEN_LEN = 48  # toy responses are 31-46 tokens with the default tokenizer
 MAX_LEN = 280  # three mask examples of prompt (40-45) + GEN_LEN fill a packed row
@@ -266,7 +266,7 @@ def test_zero3_online_drafts_from_an_export_then_decode(mask_run, workspace):
 def test_mask_examples_draw_every_valid_phrasing_reproducibly():
     """Regression: mask examples once always used the first reference, so a task with several valid
     answers trained a unimodal base model. Each example now draws one phrasing from (seed, row, epoch)."""
-    from pipeline.train_batches import ExampleStream, MaskRows
+    from pipeline.train.batches import ExampleStream, MaskRows
 
     sp = SimpleNamespace(mask=0, delete=1, pad=2, im_start=3, im_end=4, eos=5, no_insert=2)
     answers = [[10 + k, 20 + k, 4] for k in range(4)]  # four valid phrasings of one problem

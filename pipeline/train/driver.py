@@ -22,11 +22,11 @@ from ray.train.torch import TorchTrainer
 from medlm.checkpoint import check_checkpoint_dir, load_checkpoint, new_model, save_checkpoint
 from medlm.modeling import MedlmConfig
 from medlm.tokenizer import build_default_tokenizer, load_tokenizer
-from pipeline.ds_config import deepspeed_config
-from pipeline.train_config import TrainConfig
-from pipeline.train_data import prepare_data
-from pipeline.train_loop import train_loop_per_worker
-from pipeline.train_metrics import plot_losses, read_metrics
+from pipeline.train.ds_config import deepspeed_config
+from pipeline.train.config import TrainConfig
+from pipeline.train.data import prepare_data
+from pipeline.train.worker import train_loop_per_worker
+from pipeline.train.metrics import plot_losses, read_metrics
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:

@@ -1,6 +1,6 @@
 """The draft stage of the pipeline: a model per actor drafts every row of a batch by its recipe.
 
-Draft: each row's recipe comes from (run seed, row id) (see ``pipeline.recipe``); rows of a Ray batch
+Draft: each row's recipe comes from (run seed, row id) (see ``pipeline.drafts.recipe``); rows of a Ray batch
 are packed into forward passes of at most ``tokens_per_forward`` tokens (packed attention on CPU
 materialises a T x T mask, so one huge pack is slower than a few moderate ones) and drafted with
 ``medlm.sampling.mask_diffusion`` + ``strip_padding``, then, for "intermediate" rows, refined by a
@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import pyarrow as pa
 
 from medlm.sampling import DecodeConfig, edit_refine, mask_diffusion, strip_padding
-from pipeline.recipe import DraftRecipe, row_recipe
+from pipeline.drafts.recipe import DraftRecipe, row_recipe
 
 DRAFTED_COLUMNS = pa.schema(
     [

@@ -23,7 +23,7 @@ from medlm.edits import edit_distance, edit_labels
 from medlm.packing import edit_example
 from medlm.sampling import DecodeConfig, mask_diffusion, strip_padding
 from medlm.tokenizer import SpecialIds
-from pipeline.train_batches import DRAFT_REQUEST
+from pipeline.train.batches import DRAFT_REQUEST
 
 
 def draft_rate(seed: int, step: int, micro: int, tokens_per_step: list[int]) -> int:

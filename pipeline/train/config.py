@@ -1,7 +1,7 @@
 """The training job's settings as one dataclass, checked before any worker starts.
 
 `jobs.train` fills it from YAML + ``key=value`` overrides (``jobs.config.load_config``); the demo
-builds it in Python and calls ``pipeline.trainer.run_training``. ``check()`` turns every setting that
+builds it in Python and calls ``pipeline.train.driver.run_training``. ``check()`` turns every setting that
 cannot work into a ``ValueError`` naming the key, its value and the limit, so a bad config costs
 seconds on the driver instead of a failed cluster job.
 """

@@ -33,11 +33,11 @@ from medlm.modeling import MedlmForEditing
 from medlm.packing import collate
 from medlm.probe import number_probe
 from medlm.tokenizer import special_ids
-from pipeline.ds_config import lr_factor
-from pipeline.online_drafts import draft_rate, resolve_drafts
-from pipeline.train_batches import EditRows, ExampleStream, MaskRows, Packer, load_shard
-from pipeline.train_config import TrainConfig
-from pipeline.train_metrics import append_metrics
+from pipeline.train.ds_config import lr_factor
+from pipeline.train.online_drafts import draft_rate, resolve_drafts
+from pipeline.train.batches import EditRows, ExampleStream, MaskRows, Packer, load_shard
+from pipeline.train.config import TrainConfig
+from pipeline.train.metrics import append_metrics
 
 TRAIN_STATE = "train_state.json"  # written by rank 0 into every checkpoint
 FAIL_MARKER = ".fail_at_step_done"  # the failure test hook fires only once per run folder

@@ -11,7 +11,7 @@ on read or tokenize tasks that have no CPU left to run on.
 
 Two row kinds reach the workers:
     mask rows   id, prompt_ids, answers_ids (every valid answer, the reference first; the others label
-                online drafts against the closest one), as ``pipeline.sources`` normalises them
+                online drafts against the closest one), as ``pipeline.common.sources`` normalises them
     edit rows   id, prompt_ids, draft_ids, token_target, insert_target
 """
 
@@ -26,8 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from pipeline.shards import SCHEMA_VERSION, RunNotReady, open_run
-from pipeline.sources import OK, SourceError, explode_files, normalise_records, resolve_sources
+from pipeline.drafts.shards import SCHEMA_VERSION, RunNotReady, open_run
+from pipeline.common.sources import OK, SourceError, explode_files, normalise_records, resolve_sources
 
 DRAFT_COLUMNS = ("id", "prompt_ids", "target_ids", "draft_ids", "token_target", "insert_target")
 EDIT_COLUMNS = ("id", "prompt_ids", "draft_ids", "token_target", "insert_target")
@@ -53,7 +53,7 @@ class PreparedData:
 
 
 def mark_mask_rows(batch: pa.Table, *, gen_len: int) -> pa.Table:
-    """Ray Data UDF after ``pipeline.sources.normalise_records``: the ``reason`` and ``n_tokens`` columns.
+    """Ray Data UDF after ``pipeline.common.sources.normalise_records``: the ``reason`` and ``n_tokens`` columns.
 
     A mask example is the prompt plus ``gen_len`` response positions (the reference padded with
     ``<|pad|>``), so that is its length in a packed row.
@@ -64,7 +64,7 @@ def mark_mask_rows(batch: pa.Table, *, gen_len: int) -> pa.Table:
 
 
 def read_sources(paths: list[str], tokenizer_dir: str, gen_len: int, max_positions: int):
-    """Mask rows of the source files (materialised), reject rows included, via ``pipeline.sources``."""
+    """Mask rows of the source files (materialised), reject rows included, via ``pipeline.common.sources``."""
     try:
         sources = resolve_sources(paths)
     except SourceError as e:
@@ -93,7 +93,7 @@ def _schema_version(schema: pa.Schema) -> str | None:
 
 
 def open_draft_run(path: str | Path):
-    """A complete draft run (``pipeline.shards.open_run``: _SUCCESS, manifest, version) whose Parquet
+    """A complete draft run (``pipeline.drafts.shards.open_run``: _SUCCESS, manifest, version) whose Parquet
     files also carry the schema version and the columns training reads, with integer-list types."""
     try:
         run = open_run(Path(path).expanduser().resolve())

@@ -11,35 +11,29 @@ Ray Data plan::
     driver: part hashes, row accounting, content hash -> _manifest.json -> _SUCCESS -> rename -> CURRENT
 
 Everything that can stop a job (missing checkpoint, unreadable source, unwritable output, bad
-config) is checked in :func:`plan_run`, before Ray does any work. The default run id is a hash of
-what decides the content (sources, checkpoint, tokenizer, recipe), so rerunning the same command
-finishes an interrupted run or reuses a complete one.
+config) is checked in :func:`pipeline.drafts.plan.plan_run`, before Ray does any work; this module
+runs a plan and commits its run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
-import json
 import os
 import platform
 import subprocess
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable
 
-from medlm.checkpoint import check_checkpoint_dir, checkpoint_hash
-from medlm.tokenizer import load_tokenizer, special_ids, tokenizer_hash
-from pipeline.recipe import DraftRecipe
-from pipeline.shards import (
+from pipeline.common.sources import SourceFile
+from pipeline.drafts.plan import GenerateConfig, RunPlan, plan_run
+from pipeline.drafts.shards import (
     MANIFEST,
     REJECTS,
     SCHEMA_VERSION,
     SUCCESS,
-    RunLayout,
     content_hash,
     describe_parts,
     open_run,
@@ -48,79 +42,8 @@ from pipeline.shards import (
     write_json_atomic,
     write_rejects,
 )
-from pipeline.sources import SourceError, SourceFile, resolve_sources
 
 CRASH_HOOK_ENV = "MEDLM_TEST_CRASH_AFTER_PARTS"  # tests: fail after the first part file is hashed
-CONTENT_FIELDS = (  # config fields that decide the rows; the rest (actors, batch sizes...) do not
-    "seed", "gen_len", "tokens_per_step", "intermediate_prob", "max_intermediate_edit_steps",
-    "temperature", "max_response_len",
-)
-
-
-class GenerateError(ValueError):
-    """A problem found before any work: the message names the value and what was expected."""
-
-
-@dataclass
-class GenerateConfig:
-    source: Any = None  # a JSONL/Parquet file, a directory of them, or a list
-    checkpoint: Optional[str] = None
-    output: Optional[str] = None
-    run_id: Optional[str] = None  # default: a hash of sources + checkpoint + recipe
-    seed: int = 0
-    gen_len: int = 64
-    tokens_per_step: list = field(default_factory=lambda: [2, 4, 8, 16])
-    intermediate_prob: float = 0.25
-    max_intermediate_edit_steps: int = 2
-    temperature: float = 0.0
-    max_response_len: Optional[int] = None  # default gen_len; longer references are rejected
-    num_actors: Any = 1  # an int, or [min, max] for an autoscaling pool
-    cpus_per_actor: float = 1.0
-    num_gpus_per_actor: float = 0.0
-    batch_size: int = 16  # rows per draft call
-    tokens_per_forward: int = 2048  # rows of a batch are packed into forward passes of this many tokens
-    # CPUs reserved per align+write task. 0 lets them run beside draft actors that hold every CPU
-    # (one machine); align is light. On a GPU cluster with spare CPUs reserve some (0.5).
-    align_num_cpus: float = 0.0
-    align_concurrency: int = 2  # align+write tasks at once (with 0 CPUs reserved, this is the only cap)
-    rows_per_file: int = 5000
-    row_group_size: int = 1024
-    force: bool = False  # regenerate even when a complete run with this id exists
-    from_run: Optional[str] = None  # rebuild that run's sources + recipe with `checkpoint`
-
-    def recipe(self) -> DraftRecipe:
-        return DraftRecipe(
-            gen_len=self.gen_len,
-            tokens_per_step=tuple(self.tokens_per_step),
-            intermediate_prob=float(self.intermediate_prob),
-            max_intermediate_edit_steps=self.max_intermediate_edit_steps,
-            temperature=float(self.temperature),
-            seed=self.seed,
-        )
-
-    def pool_size(self) -> tuple[int, int]:
-        n = self.num_actors
-        if isinstance(n, int) and not isinstance(n, bool) and n >= 1:
-            return n, n
-        if isinstance(n, (list, tuple)) and len(n) == 2 and all(isinstance(x, int) for x in n) and 1 <= n[0] <= n[1]:
-            return int(n[0]), int(n[1])
-        raise GenerateError(f"num_actors must be an integer >= 1 or [min, max] with 1 <= min <= max, got {n!r}")
-
-
-@dataclass
-class RunPlan:
-    config: GenerateConfig
-    sources: list[SourceFile]
-    checkpoint: Path
-    checkpoint_hash: str
-    tokenizer_hash: str
-    del_id: int
-    max_positions: int
-    max_response_len: int
-    recipe: DraftRecipe
-    layout: RunLayout
-    run_id: str
-    derived_from: Optional[dict] = None
 
 
 @dataclass
@@ -146,120 +69,9 @@ class RunSummary:
         ]
 
 
-def _positive(name: str, value, kind=int) -> None:
-    if not isinstance(value, kind) or isinstance(value, bool) or value <= 0:
-        raise GenerateError(f"{name} must be a positive {kind.__name__}, got {value!r}")
-
-
-def _check_output_writable(output: Path) -> None:
-    try:
-        (output / "runs").mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output / "runs", prefix=".write-probe-"):
-            pass
-    except OSError as e:
-        raise GenerateError(f"output directory {output} is not writable: {e}") from None
-
-
-def _derived_run_id(sources: list[SourceFile], ckpt_hash: str, tok_hash: str, cfg: GenerateConfig, max_len: int) -> str:
-    key = {
-        "sources": [s.sha256 for s in sources],
-        "checkpoint": ckpt_hash,
-        "tokenizer": tok_hash,
-        "recipe": {k: getattr(cfg, k) for k in CONTENT_FIELDS} | {"max_response_len": max_len},
-        "schema": SCHEMA_VERSION,
-    }
-    return "drafts-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def config_from_run(run_dir: str | Path, overrides: dict) -> GenerateConfig:
-    """The old run's config (sources + recipe) with ``overrides`` applied; run id and force reset."""
-    try:
-        old = open_run(run_dir)
-    except Exception as e:
-        raise GenerateError(f"--from-run: {e}") from None
-    base = dict(old.manifest["config"])
-    base.update(run_id=None, force=False, from_run=str(old.run_dir))
-    base.setdefault("output", str(old.run_dir.parent.parent))
-    known = {f.name for f in dataclasses.fields(GenerateConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise GenerateError(f"unknown config key {unknown[0]!r}")
-    base.update(overrides)
-    return GenerateConfig(**{k: v for k, v in base.items() if k in known})
-
-
-def plan_run(cfg: GenerateConfig) -> RunPlan:
-    """Every check that can fail before any work: config values, checkpoint, sources, output."""
-    recipe = cfg.recipe()
-    try:
-        recipe.validate()
-    except ValueError as e:
-        raise GenerateError(str(e)) from None
-    for name in ("batch_size", "rows_per_file", "row_group_size", "tokens_per_forward", "align_concurrency"):
-        _positive(name, getattr(cfg, name))
-    cfg.pool_size()
-    if cfg.cpus_per_actor <= 0 or cfg.num_gpus_per_actor < 0 or cfg.align_num_cpus < 0:
-        raise GenerateError(
-            f"cpus_per_actor ({cfg.cpus_per_actor}) must be > 0, align_num_cpus ({cfg.align_num_cpus}) and "
-            f"num_gpus_per_actor ({cfg.num_gpus_per_actor}) >= 0"
-        )
-    max_response_len = cfg.gen_len if cfg.max_response_len is None else cfg.max_response_len
-    if not isinstance(max_response_len, int) or not 1 <= max_response_len <= cfg.gen_len:
-        raise GenerateError(
-            f"max_response_len must be an integer in [1, gen_len={cfg.gen_len}] (a draft has gen_len positions), "
-            f"got {cfg.max_response_len!r}"
-        )
-    if not cfg.checkpoint:
-        raise GenerateError("no checkpoint given: set `checkpoint` (a directory written by `medlm init` or training)")
-    try:
-        ckpt = check_checkpoint_dir(Path(cfg.checkpoint).expanduser().resolve())
-    except (FileNotFoundError, ValueError) as e:
-        raise GenerateError(f"checkpoint: {e}") from None
-    max_positions = int(json.loads((ckpt / "config.json").read_text())["max_position_embeddings"])
-    if cfg.gen_len >= max_positions:
-        raise GenerateError(f"gen_len={cfg.gen_len} leaves no room for a prompt in the model's {max_positions} positions")
-    tokenizer = load_tokenizer(ckpt)
-    try:
-        sources = resolve_sources(cfg.source)
-    except SourceError as e:
-        raise GenerateError(str(e)) from None
-    if not cfg.output:
-        raise GenerateError("no output given: set `output` (the directory that will hold runs/ and CURRENT)")
-    output = Path(cfg.output).expanduser().resolve()
-    _check_output_writable(output)
-    ckpt_hash = checkpoint_hash(ckpt)
-    tok_hash = tokenizer_hash(tokenizer)
-    derived_from = None
-    if cfg.from_run:
-        old = open_run(cfg.from_run).manifest
-        old_sha = {s["path"]: s["sha256"] for s in old["sources"]}
-        for s in sources:
-            if s.path in old_sha and old_sha[s.path] != s.sha256:
-                raise GenerateError(f"--from-run: source {s.path} changed since run {old['run_id']} (sha256 differs)")
-        derived_from = {"run_id": old["run_id"], "checkpoint_hash": old["checkpoint"]["hash"],
-                        "content_hash": old["content_hash"]}
-    run_id = cfg.run_id or _derived_run_id(sources, ckpt_hash, tok_hash, cfg, max_response_len)
-    if "/" in run_id or run_id.startswith(".") or ".tmp-" in run_id:
-        raise GenerateError(f"run_id {run_id!r} must be a plain directory name")
-    return RunPlan(
-        config=cfg,
-        sources=sources,
-        checkpoint=ckpt,
-        checkpoint_hash=ckpt_hash,
-        tokenizer_hash=tok_hash,
-        del_id=special_ids(tokenizer).delete,
-        max_positions=max_positions,
-        max_response_len=max_response_len,
-        recipe=recipe,
-        layout=RunLayout(output),
-        run_id=run_id,
-        derived_from=derived_from,
-    )
-
-
 def git_revision() -> str:
     """The code's commit (with "-dirty" for uncommitted changes); "unknown" outside a checkout."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if rev.returncode != 0:
@@ -307,7 +119,7 @@ def normalise_sources(plan: RunPlan, say: Callable[[str], None]):
     """
     import ray.data
 
-    from pipeline.sources import duplicate_rows, explode_files, first_occurrences, normalise_records
+    from pipeline.common.sources import duplicate_rows, explode_files, first_occurrences, normalise_records
 
     normalised = (
         ray.data.read_binary_files([s.path for s in plan.sources], include_paths=True)
@@ -334,7 +146,7 @@ def normalise_sources(plan: RunPlan, say: Callable[[str], None]):
 
 def collect_rejects(normalised, duplicates: dict, sources: list[SourceFile]) -> list[dict]:
     """Every row that will not be drafted, with its reason (few; gathered on the driver)."""
-    from pipeline.sources import reject_records, select_rows
+    from pipeline.common.sources import reject_records, select_rows
 
     rejects: list[dict] = []
     for batch in normalised.map_batches(
@@ -350,9 +162,9 @@ def draft_align_write(plan: RunPlan, normalised, duplicates: dict, staging: Path
     from ray.data import ActorPoolStrategy, SaveMode, TaskPoolStrategy
     from ray.data.datasource import FilenameProvider
 
-    from pipeline.align import align_table
-    from pipeline.draft_stages import DraftActor
-    from pipeline.sources import select_rows
+    from pipeline.drafts.align import align_table
+    from pipeline.drafts.stages import DraftActor
+    from pipeline.common.sources import select_rows
 
     class PartFilenames(FilenameProvider):
         def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:

@@ -14,9 +14,9 @@ import json
 import math
 from pathlib import Path
 
-from pipeline.train_config import TrainConfig
+from pipeline.train.config import TrainConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def base_config_path(cfg: TrainConfig) -> Path:

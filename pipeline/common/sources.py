@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.shards import file_sha256
+from pipeline.drafts.shards import file_sha256
 from medlm.data import RowError, encode_example, normalise_row, parse_json_line, stable_row_id
 from medlm.tokenizer import load_tokenizer, response_ids
 

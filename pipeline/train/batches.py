@@ -118,7 +118,7 @@ class ExampleStream:
 
     mixture: each example is an edit example with probability ``mix_ratio`` (one draw per example).
     online:  each mask row is marked, with probability ``mix_ratio``, for drafting by the current model
-             (see ``pipeline.online_drafts``); it keeps its mask example's length for packing.
+             (see ``pipeline.train.online_drafts``); it keeps its mask example's length for packing.
     """
 
     def __init__(self, objective: str, special: SpecialIds, *, gen_len: int, mix_ratio: float, seed: int, rank: int,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from medlm.edits import count_edits, edit_distance, edit_labels_batch
-from pipeline.shards import DRAFT_SCHEMA
+from pipeline.drafts.shards import DRAFT_SCHEMA
 
 
 def closest_reference(draft: list[int], references: list[list[int]]) -> tuple[int, int]:

@@ -11,8 +11,8 @@ forms while the model is busy are merged (up to ``max_batch_size`` requests) int
 instead of queueing one behind another (:class:`DecodeMerger`): without that, 16 concurrent
 clients were decoded in batches of 5 on average and most of the gain was lost.
 
-Routes (request and reply shapes in :mod:`pipeline.serve_api`):
-    GET  /                       the playground: a page that streams /v1/refine (pipeline/playground.html)
+Routes (request shapes in :mod:`pipeline.serve.api`, replies in :mod:`pipeline.serve.replies`):
+    GET  /                       the playground: a page that streams /v1/refine (pipeline/serve/playground.html)
     POST /v1/refine              native: draft + edit refinement, optional SSE stream of every step
     POST /v1/chat/completions    OpenAI-compatible (step budgets as extra body fields)
     POST /v1/completions         OpenAI-compatible
@@ -22,14 +22,11 @@ Routes (request and reply shapes in :mod:`pipeline.serve_api`):
 # No ``from __future__ import annotations`` here: FastAPI must see the route annotations as classes
 # (as strings, Serve's ingress wrapper leaves them unresolved and bodies turn into query parameters).
 import asyncio
-import collections
 import importlib.resources
-import json
 import logging
 import socket
 import time
-from dataclasses import dataclass, field
-from typing import AsyncIterator, Optional
+from typing import Optional
 
 import torch
 from fastapi import FastAPI, Request
@@ -39,25 +36,28 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medlm.checkpoint import check_checkpoint_dir, checkpoint_hash, load_checkpoint
-from medlm.sampling import DecodeConfig, DecodeResult, generate
+from medlm.sampling import DecodeConfig, generate
 from medlm.tokenizer import decode_response, special_ids
-from pipeline.serve_api import (
+from pipeline.serve.api import (
     ApiError,
     ChatCompletionRequest,
     CompletionRequest,
     Limits,
-    Outcome,
     RefineRequest,
     ServeArgs,
+    decode_config,
+    describe_validation_errors,
+    prompt_ids,
+)
+from pipeline.serve.batching import SSE_HEADERS, DecodeJob, DecodeMerger, EventSink, JobResult, sse
+from pipeline.serve.replies import (
+    Outcome,
     StepEvents,
     chat_chunk,
     chat_completion_reply,
     completion_chunk,
     completion_reply,
-    decode_config,
-    describe_validation_errors,
     new_id,
-    prompt_ids,
     refine_reply,
     usage_chunk,
 )
@@ -66,7 +66,6 @@ logger = logging.getLogger("ray.serve")
 
 DEPLOYMENT_NAME = "MedlmServer"
 UNHEALTHY_AFTER_FAILED_BATCHES = 3
-LINGER_FRACTION = 0.25  # see DecodeMerger
 MAX_BATCHES_IN_FLIGHT = 256  # batches handed to the merger at once; it decodes them max_batch_size at a time
 
 api = FastAPI(title="ME-DLM refinement server", docs_url="/docs", redoc_url=None)
@@ -74,7 +73,7 @@ api = FastAPI(title="ME-DLM refinement server", docs_url="/docs", redoc_url=None
 
 def playground_html() -> str:
     """The playground page, shipped as package data (one file, no external resources)."""
-    return importlib.resources.files("pipeline").joinpath("playground.html").read_text(encoding="utf-8")
+    return importlib.resources.files("pipeline.serve").joinpath("playground.html").read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------- errors: always JSON, never a crash
@@ -103,118 +102,6 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
     err = ApiError(500, f"internal error: {type(exc).__name__}: {exc}", None, "internal_error")
     return JSONResponse(err.body(), status_code=500)
-
-
-# ---------------------------------------------------------------- batching
-
-
-class EventSink:
-    """Carries stream events from the decoding thread to the request's event loop."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue = asyncio.Queue()
-
-    def put(self, event: dict) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
-
-    async def drain(self, task: asyncio.Future) -> AsyncIterator[dict]:
-        """Yield events until ``task`` is done and every event it produced has been read."""
-        while not (task.done() and self.queue.empty()):
-            getter = asyncio.ensure_future(self.queue.get())
-            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                yield getter.result()
-            else:
-                getter.cancel()
-
-
-@dataclass
-class DecodeJob:
-    prompt_ids: list[int]
-    config: DecodeConfig
-    events: Optional[EventSink] = None
-    mask_step_events: bool = False  # stream every mask-diffusion step too (only with events)
-    enqueued_at: float = field(default_factory=time.perf_counter)
-
-
-@dataclass
-class JobResult:
-    result: DecodeResult
-    timing: dict
-
-
-class DecodeMerger:
-    """Runs one decode at a time in a worker thread; jobs that arrive while it runs wait in
-    ``pending`` and go together into the next decode (at most ``max_size`` per decode).
-
-    After a decode of n requests, the next one waits up to ``LINGER_FRACTION`` of that decode's
-    time for n requests to gather: clients answered together come back spread over tens of
-    milliseconds, and starting on the first few would leave the rest waiting a whole decode. A
-    replica serving one request at a time never waits.
-    """
-
-    def __init__(self, decode, max_size: int):
-        self.decode = decode  # list[DecodeJob] -> list[JobResult], blocking
-        self.max_size = max_size
-        self.pending: collections.deque = collections.deque()
-        self.arrived = asyncio.Event()
-        self.running = False
-        self.failed_in_a_row = 0
-        self.last_size = 1
-        self.last_decode_s = 0.0
-
-    async def submit(self, jobs: list[DecodeJob]) -> list[JobResult]:
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in jobs]
-        self.pending.extend(zip(jobs, futures))
-        self.arrived.set()
-        if not self.running:
-            self.running = True
-            asyncio.ensure_future(self._drive())
-        return list(await asyncio.gather(*futures))
-
-    async def _linger(self) -> None:
-        want = min(self.last_size, self.max_size)
-        deadline = time.perf_counter() + LINGER_FRACTION * self.last_decode_s
-        while len(self.pending) < want and (left := deadline - time.perf_counter()) > 0:
-            self.arrived.clear()
-            try:
-                await asyncio.wait_for(self.arrived.wait(), left)
-            except asyncio.TimeoutError:
-                break
-
-    async def _drive(self) -> None:
-        try:
-            while self.pending:
-                await self._linger()
-                group = [self.pending.popleft() for _ in range(min(self.max_size, len(self.pending)))]
-                started = time.perf_counter()
-                try:
-                    results = await asyncio.to_thread(self.decode, [job for job, _ in group])
-                    self.failed_in_a_row = 0
-                    self.last_size, self.last_decode_s = len(group), time.perf_counter() - started
-                except Exception as e:  # every request of the decode gets the error, the replica lives on
-                    self.failed_in_a_row += 1
-                    logger.exception("a decode of %d requests failed", len(group))
-                    results = [e] * len(group)
-                for (_, future), result in zip(group, results):
-                    if future.done():  # its request was cancelled (client went away)
-                        continue
-                    if isinstance(result, Exception):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
-        finally:
-            self.running = False
-
-
-def sse(payload) -> str:
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-    return f"data: {data}\n\n"
-
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 # ---------------------------------------------------------------- the deployment
@@ -416,7 +303,7 @@ class MedlmServer:
 
 
 def build_app(args: dict) -> serve.Application:
-    """Serve import path: ``args`` as in :class:`pipeline.serve_api.ServeArgs` (``checkpoint`` required).
+    """Serve import path: ``args`` as in :class:`pipeline.serve.api.ServeArgs` (``checkpoint`` required).
 
     Deployment options given in ``args`` override the code defaults; a Serve config file's
     ``deployments:`` section overrides both.

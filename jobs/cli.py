@@ -19,12 +19,13 @@ COMMANDS = {
     "serve": ("jobs.serve", "Ray Serve HTTP app (native + OpenAI-compatible API)"),
     "eval": ("jobs.evaluate", "distributed evaluation over a step-budget table"),
     "demo": ("jobs.demo", "the whole pipeline end to end on the embedded default"),
+    "check-cluster": ("jobs.check_cluster", "validate the cluster/ files (KubeRay, launcher, Serve, runtime env, DeepSpeed)"),
 }
 
 
 def usage() -> str:
     lines = ["usage: medlm <command> [options]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ Part 1, speed (goal: each Ray configuration's steady-state tokens/s >= 0.8x the 
             probe), 2 workers x 1 CPU, ZeRO-2;
   ray_1x2   the same with 1 worker x 2 CPUs, ZeRO-2 (the worker sets torch threads = cpus_per_worker).
 All three start from the same checkpoint (``small`` preset, default tokenizer) and read the same toy
-rows through the same code: ``pipeline.common.sources.normalise_records`` -> ``pipeline.train.batches``
+rows through the same code: ``pipeline.common.sources.normalise_records`` -> ``medlm.packing``
 ``ExampleStream`` + ``Packer`` at the same ``max_len`` / ``gen_len``. The Ray runs use the DeepSpeed
 bucket sizes of the CPU config (``deepspeed_overrides`` in jobs/configs/train.yaml; the 2e8 of
 cluster/deepspeed/zero2.json are sized for LLaDA-8B). Each run does ``--warmup-steps`` steps that are
@@ -121,7 +121,7 @@ def run_plain(ckpt: Path, rows_file: Path, args) -> dict:
     from medlm.packing import collate
     from medlm.tokenizer import special_ids
     from medlm.trainer import train_local
-    from pipeline.train.batches import ExampleStream, Packer
+    from medlm.packing import ExampleStream, Packer
 
     t_call = time.perf_counter()
     torch.set_num_threads(os.cpu_count())

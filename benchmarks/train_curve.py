@@ -31,7 +31,7 @@ from medlm.packing import collate, mask_example  # noqa: E402
 from medlm.probe import number_probe  # noqa: E402
 from medlm.tasks.toy import generate_problems  # noqa: E402
 from medlm.tokenizer import build_default_tokenizer, chat_prompt_ids, response_ids, special_ids  # noqa: E402
-from medlm.trainer import cosine_lr  # noqa: E402
+from medlm.schedule import cosine_lr  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -60,14 +60,28 @@ def check_checkpoint_dir(path: str | Path, require_insert_head: bool = True) -> 
     return path
 
 
+def device_and_dtype(device: str | torch.device | None = "auto", dtype: torch.dtype | None = None):
+    """(device, dtype) to load a model with: ``"auto"`` (or None) is CUDA when there is one, else CPU;
+    the dtype, unless given, is bfloat16 on CUDA and float32 on CPU."""
+    if device is None or device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is None:
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    return device, dtype
+
+
 def load_checkpoint(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+    path: str | Path, device: str | torch.device | None = "cpu", dtype: torch.dtype | None = None,
     require_insert_head: bool = True,
 ):
-    """Load (model, tokenizer) from a medlm checkpoint directory; the model is put in eval mode."""
+    """Load (model, tokenizer) from a medlm checkpoint directory; the model is put in eval mode.
+
+    ``device`` and ``dtype`` as in :func:`device_and_dtype` (``device="auto"`` picks CUDA when present).
+    """
     path = check_checkpoint_dir(path, require_insert_head=require_insert_head)
+    device, dtype = device_and_dtype(device, dtype)
     hf_logging.disable_progress_bar()
-    model = MedlmForEditing.from_pretrained(str(path), dtype=dtype or torch.float32)
+    model = MedlmForEditing.from_pretrained(str(path), dtype=dtype)
     model.to(device).eval()
     tokenizer = load_tokenizer(path)
     sp = special_ids(tokenizer)

@@ -31,11 +31,16 @@ token_target = [a, b], insert_target = [-, -, b].
 Where a gap needs several insertions, only the first (leftmost in the reference) is labelled in this
 step. Every other edit is complete, so one step lowers the Levenshtein distance by at least one and
 repeating label + apply reaches the reference.
+
+A draft of a task with several valid answers is labelled against the CLOSEST one
+(:func:`label_draft`, via :func:`closest_reference`): fewest token edits, ties to the earlier
+reference, so the canonical answer wins. Labels against one fixed answer would teach the editor to
+rewrite one valid answer into another; against the closest one they only fix errors.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 from rapidfuzz.distance import Levenshtein
 
@@ -48,6 +53,9 @@ __all__ = [
     "edit_labels_batch",
     "count_edits",
     "edit_distance",
+    "closest_reference",
+    "label_draft",
+    "DraftLabels",
     "gap_targets_to_positions",
     "positions_to_gap_targets",
 ]
@@ -145,6 +153,37 @@ def count_edits(
 def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
     """Levenshtein distance between two token sequences."""
     return Levenshtein.distance(list(a), list(b))
+
+
+def closest_reference(draft: Sequence, references: Sequence[Sequence]) -> tuple[int, int]:
+    """(index, edit distance) of the reference needing the fewest edits from ``draft``; ties -> earliest.
+
+    Items may be token ids or words (any hashable): the toy task compares word lists.
+    """
+    if not references:
+        raise ValueError("no reference to compare the draft with")
+    best, best_d = 0, None
+    for i, ref in enumerate(references):
+        d = edit_distance(draft, ref)
+        if best_d is None or d < best_d:
+            best, best_d = i, d
+    return best, int(best_d)
+
+
+class DraftLabels(NamedTuple):
+    """A draft labelled against its closest reference (see the module docstring)."""
+
+    reference_index: int
+    distance: int
+    token_target: list[int]
+    insert_target: list[int]
+
+
+def label_draft(draft: Sequence[int], references: Sequence[Sequence[int]], *, del_id: int) -> DraftLabels:
+    """Edit labels of ``draft`` against the closest of its valid ``references``."""
+    k, d = closest_reference(draft, references)
+    token_target, insert_target = edit_labels(draft, references[k], del_id=del_id)
+    return DraftLabels(k, d, token_target, insert_target)
 
 
 def gap_targets_to_positions(insert_target: Sequence[int], *, prompt_len: int, no_insert_id: int) -> list[int]:

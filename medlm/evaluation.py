@@ -181,13 +181,9 @@ def checkpoint_has_insertion_head(checkpoint: str | Path) -> bool:
 def load_eval_model(checkpoint: str | Path, device: Optional[str] = None):
     """(model, tokenizer) for evaluation; the randomly filled insertion head of a checkpoint that
     has none is removed, so ``hasattr(model, "insert_head")`` tells the truth."""
-    import torch
-
     from medlm.checkpoint import load_checkpoint
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    model, tokenizer = load_checkpoint(checkpoint, device=device, dtype=dtype, require_insert_head=False)
+    model, tokenizer = load_checkpoint(checkpoint, device=device or "auto", require_insert_head=False)
     if not checkpoint_has_insertion_head(checkpoint):
         del model.insert_head
     return model, tokenizer

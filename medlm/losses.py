@@ -19,14 +19,11 @@ def _labelled_positions(batch: PackedBatch) -> torch.Tensor:
     return ((batch.token_labels != IGNORE) | (batch.insert_labels != IGNORE)).nonzero(as_tuple=True)[0]
 
 
-def mixture_loss(
-    model, batch: PackedBatch, edit_weight: float = 1.0, change_weight: float = 1.0
-) -> dict[str, torch.Tensor]:
+def mixture_loss(model, batch: PackedBatch, edit_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """Loss terms for one packed batch; only labelled positions go through the vocabulary heads.
 
-    ``change_weight`` up-weights edit positions whose label asks for a change (replace, delete, or an
-    actual insertion) against the far more common keep / no-insert labels; 1.0 is the paper's plain
-    cross-entropy. Small models trained briefly learn to copy unless changes weigh more.
+    Edit positions are plain cross-entropy, as in the paper: keep / no-insert labels weigh as much as
+    changes.
     """
     index = _labelled_positions(batch)
     out = model(batch.input_ids, cu_seqlens=batch.cu_seqlens, logits_index=index)
@@ -51,10 +48,6 @@ def mixture_loss(
         ce_ins = F.cross_entropy(out.insert_logits.float(), ins_labels.clamp(min=0), reduction="none")
         w_tok = edit_tok.float()
         w_ins = edit_ins.float()
-        if change_weight != 1.0:
-            current = batch.input_ids[index]
-            w_tok = w_tok * torch.where(tok_labels != current, change_weight, 1.0)
-            w_ins = w_ins * torch.where(ins_labels != model.config.no_insert_token_id, change_weight, 1.0)
         terms["edit_token_loss"] = (ce_tok * w_tok).sum() / w_tok.sum().clamp(min=1)
         terms["edit_insert_loss"] = (ce_ins * w_ins).sum() / w_ins.sum().clamp(min=1)
         terms["edit_loss"] = terms["edit_token_loss"] + terms["edit_insert_loss"]
@@ -62,11 +55,3 @@ def mixture_loss(
         terms["edit_loss"] = zero
     terms["loss"] = terms["mask_loss"] + edit_weight * terms["edit_loss"]
     return terms
-
-
-def mask_loss(model, batch: PackedBatch) -> torch.Tensor:
-    return mixture_loss(model, batch)["mask_loss"]
-
-
-def edit_loss(model, batch: PackedBatch) -> torch.Tensor:
-    return mixture_loss(model, batch)["edit_loss"]

@@ -28,6 +28,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from medlm.edits import NO_INSERT, apply_edits
+from medlm.packing import pack
 from medlm.tokenizer import SpecialIds
 
 NEG_INF = float("-inf")
@@ -96,15 +97,6 @@ class DecodeResult:
         return self.mask_nfe + self.edit_nfe
 
 
-def _pack(seqs: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
-    flat: list[int] = []
-    cu = [0]
-    for s in seqs:
-        flat.extend(s)
-        cu.append(cu[-1] + len(s))
-    return (torch.tensor(flat, dtype=torch.long, device=device), torch.tensor(cu, dtype=torch.int32, device=device))
-
-
 def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -156,7 +148,7 @@ def mask_diffusion(
     active = [i for i in range(n) if masked_left(i)]
     while active:
         masked = [masked_left(i) for i in active]
-        ids, cu = _pack([seqs[i] for i in active], device)
+        ids, cu = pack([seqs[i] for i in active], device)
         offsets = cu[:-1].tolist()
         index = torch.tensor([offsets[a] + j for a, m in enumerate(masked) for j in m], device=device)
         logits = model(ids, cu_seqlens=cu, logits_index=index, return_insert=False).token_logits.float()
@@ -229,7 +221,7 @@ def edit_step(model, states: Sequence[EditState], special: SpecialIds) -> None:
     """One parallel edit step for every state given (they are packed into one forward pass)."""
     device = _model_device(model)
     seqs = [s.prompt + s.response for s in states]
-    ids, cu = _pack(seqs, device)
+    ids, cu = pack(seqs, device)
     offsets = cu[:-1].tolist()
     # rows from the last prompt token to the end: gap g of the response is read at row g,
     # response token i at row i + 1

@@ -3,7 +3,6 @@ Ray Train + DeepSpeed job is measured against. Same losses, same packing, no Ray
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Optional
 
@@ -11,14 +10,7 @@ import torch
 
 from medlm.losses import mixture_loss
 from medlm.packing import PackedBatch
-
-
-def cosine_lr(step: int, *, base_lr: float, warmup: int, total: int, min_lr: float = 0.0) -> float:
-    """Linear warmup then cosine decay to ``min_lr``."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))
+from medlm.schedule import cosine_lr
 
 
 def train_local(
@@ -31,7 +23,6 @@ def train_local(
     weight_decay: float = 0.0,
     clip: float = 1.0,
     edit_weight: float = 1.0,
-    change_weight: float = 1.0,
     log_every: int = 0,
     on_log: Optional[Callable[[dict], None]] = None,
 ) -> list[dict]:
@@ -46,7 +37,7 @@ def train_local(
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, base_lr=lr, warmup=warmup, total=steps, min_lr=min_lr)
         batch = next_batch(step).to(device)
-        terms = mixture_loss(model, batch, edit_weight=edit_weight, change_weight=change_weight)
+        terms = mixture_loss(model, batch, edit_weight=edit_weight)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

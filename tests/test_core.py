@@ -1,5 +1,6 @@
 """Model, tokenizer, packing and samplers: shapes, invariances and clear errors on bad input."""
 
+import itertools
 import random
 
 import pytest
@@ -8,7 +9,7 @@ from transformers import AutoTokenizer
 
 from medlm.checkpoint import checkpoint_hash, load_checkpoint, new_model, save_checkpoint
 from medlm.modeling import MedlmConfig, MedlmForEditing, count_parameters
-from medlm.packing import collate, edit_example, mask_example, pack_greedy, padding_waste
+from medlm.packing import Packer, collate, edit_example, mask_example, padding_waste
 from medlm.losses import mixture_loss
 from medlm.sampling import DecodeConfig, edit_refine, generate, mask_diffusion
 from medlm.tokenizer import SPECIAL_TOKENS, chat_prompt_ids, decode_response, response_ids, special_ids, stdlib_corpus, train_tokenizer
@@ -93,12 +94,13 @@ def test_packing_and_losses(tok, model):
         edit_example(prompt, [20], [20, 21], [-1, -1], sp)
     with pytest.raises(ValueError, match="more than gen_len=2"):
         mask_example(prompt, target, sp, rng, gen_len=2)
-    rows = pack_greedy([m, e] * 5, max_len=40)
-    assert all(sum(len(x["input_ids"]) for x in r) <= 40 for r in rows)
-    assert len(rows) == 3  # 85 tokens fill 3 rows of 40 (the optimum)
-    assert padding_waste(rows, 40) == pytest.approx(1 - 85 / 120)
+    batch, waste = Packer(itertools.cycle([m, e]), max_len=40, rows=3).next_batch()
+    used = sum(len(x["input_ids"]) for x in batch)
+    assert used <= 3 * 40 and waste == pytest.approx(1 - used / 120)
+    assert waste == 0  # 11- and 6-token examples fill rows of 40 exactly (2 x 11 + 3 x 6)
+    assert padding_waste([[m, e], [m]], 40) == pytest.approx(1 - 28 / 80)
     with pytest.raises(ValueError, match="more than max_len=5"):
-        pack_greedy([m], max_len=5)
+        Packer(iter([m]), max_len=5, rows=1).next_batch()
     terms = mixture_loss(model, collate([m, e]))
     assert set(terms) >= {"loss", "mask_loss", "edit_loss"} and torch.isfinite(terms["loss"])
     terms["loss"].backward()

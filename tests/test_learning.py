@@ -16,7 +16,7 @@ from medlm.sampling import DecodeConfig, generate
 from medlm.tokenizer import special_ids, train_tokenizer
 from medlm.trainer import train_local
 
-STEPS, LR, CHANGE_WEIGHT = 1500, 3e-3, 1.0
+STEPS, LR = 1500, 3e-3
 N_PROMPTS, BODY = 4, 6
 MODEL_OVERRIDES: dict = {}
 WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "fish", "bird", "rock", "star"]
@@ -70,7 +70,7 @@ def train_tiny_editor():
             exs.append(edit_example(prompt, draft, tt, it, sp))
         return collate(exs)
 
-    history = train_local(model, next_batch, steps=STEPS, lr=LR, warmup=20, change_weight=CHANGE_WEIGHT)
+    history = train_local(model, next_batch, steps=STEPS, lr=LR, warmup=20)
     return model, tok, sp, data, history
 
 

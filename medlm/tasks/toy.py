@@ -33,8 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from rapidfuzz.distance import Levenshtein
-
+from medlm.edits import closest_reference as _closest
 from medlm.tasks.graders import answers_match, extract_answer
 
 __all__ = [
@@ -304,12 +303,11 @@ def check_solution(problem: ToyProblem, text: str) -> dict[str, bool]:
 def closest_reference(problem: ToyProblem, draft_text: str) -> str:
     """The valid phrasing nearest to ``draft_text`` in word-level Levenshtein distance.
 
-    Why: edit labels computed against a fixed reference would teach the editor to
-    rewrite one valid answer into another; against the nearest one they only fix errors.
-    Ties go to the earlier variant, so the choice is deterministic.
+    The rule of ``medlm.edits.closest_reference`` (why: see ``medlm.edits``) over words instead of
+    token ids; ties go to the earlier variant, so the choice is deterministic.
     """
-    draft = draft_text.split()
-    return min(problem.answers, key=lambda ref: Levenshtein.distance(draft, ref.split()))
+    k, _ = _closest(draft_text.split(), [ref.split() for ref in problem.answers])
+    return problem.answers[k]
 
 
 def write_jsonl(problems: Iterable[ToyProblem], path: str | Path, fmt: str = "question_answer") -> int:

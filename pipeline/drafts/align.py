@@ -1,8 +1,8 @@
-"""The align stage: label each draft against the closest valid reference with ``medlm.edits``.
+"""The align stage: label each draft against the closest valid reference (``medlm.edits.label_draft``).
 
 Closest = fewest token edits; ties go to the earlier reference, so the canonical answer wins. Labelling
 against the closest of several valid solutions keeps the editor from learning to rewrite one valid
-answer into another (DESIGN.md). Kept apart from the draft stage so the CPU tasks that run it import
+answer into another (docs/design.md). Kept apart from the draft stage so the CPU tasks that run it import
 only pyarrow and rapidfuzz, not torch.
 """
 
@@ -10,18 +10,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from medlm.edits import count_edits, edit_distance, edit_labels_batch
+from medlm.edits import count_edits, label_draft
 from pipeline.drafts.shards import DRAFT_SCHEMA
-
-
-def closest_reference(draft: list[int], references: list[list[int]]) -> tuple[int, int]:
-    """(index, token edit distance) of the reference needing the fewest edits; ties -> earliest."""
-    best, best_d = 0, None
-    for i, ref in enumerate(references):
-        d = edit_distance(draft, ref)
-        if best_d is None or d < best_d:
-            best, best_d = i, d
-    return best, int(best_d)
 
 
 def align_table(batch: pa.Table, *, del_id: int) -> pa.Table:
@@ -29,19 +19,17 @@ def align_table(batch: pa.Table, *, del_id: int) -> pa.Table:
     drafts = batch.column("draft_ids").to_pylist()
     answers_ids = batch.column("answers_ids").to_pylist()
     answers_text = batch.column("answers_text").to_pylist()
-    chosen = [closest_reference(d, refs) for d, refs in zip(drafts, answers_ids)]
-    targets = [refs[k] for (k, _), refs in zip(chosen, answers_ids)]
-    token_targets, insert_targets = edit_labels_batch(drafts, targets, del_id=del_id)
-    counts = [count_edits(d, t, g, del_id=del_id) for d, t, g in zip(drafts, token_targets, insert_targets)]
+    labels = [label_draft(d, refs, del_id=del_id) for d, refs in zip(drafts, answers_ids)]
+    counts = [count_edits(d, x.token_target, x.insert_target, del_id=del_id) for d, x in zip(drafts, labels)]
     columns = {name: batch.column(name) for name in DRAFT_SCHEMA.names if name in batch.column_names}
     columns.update(
-        response_text=[texts[k] for (k, _), texts in zip(chosen, answers_text)],
-        target_ids=targets,
-        token_target=token_targets,
-        insert_target=insert_targets,
-        reference_index=[k for k, _ in chosen],
+        response_text=[texts[x.reference_index] for x, texts in zip(labels, answers_text)],
+        target_ids=[refs[x.reference_index] for x, refs in zip(labels, answers_ids)],
+        token_target=[x.token_target for x in labels],
+        insert_target=[x.insert_target for x in labels],
+        reference_index=[x.reference_index for x in labels],
         n_references=[len(refs) for refs in answers_ids],
-        edit_distance=[d for _, d in chosen],
+        edit_distance=[x.distance for x in labels],
         n_replace=[c[0] for c in counts],
         n_delete=[c[1] for c in counts],
         n_insert=[c[2] for c in counts],

@@ -1,8 +1,8 @@
 """The draft stage of the pipeline: a model per actor drafts every row of a batch by its recipe.
 
 Draft: each row's recipe comes from (run seed, row id) (see ``pipeline.drafts.recipe``); rows of a Ray batch
-are packed into forward passes of at most ``tokens_per_forward`` tokens (packed attention on CPU
-materialises a T x T mask, so one huge pack is slower than a few moderate ones) and drafted with
+are packed into forward passes of at most ``tokens_per_forward`` tokens (``medlm.packing.pack_groups``:
+a bound on what one forward pass holds in memory) and drafted with
 ``medlm.sampling.mask_diffusion`` + ``strip_padding``, then, for "intermediate" rows, refined by a
 few ``edit_refine`` steps. The samplers decode each sequence independently of its pack-mates, so a
 row's draft does not depend on which batch or actor it landed in.
@@ -11,10 +11,11 @@ row's draft does not depend on which batch or actor it landed in.
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence
+from typing import Optional
 
 import pyarrow as pa
 
+from medlm.packing import pack_groups
 from medlm.sampling import DecodeConfig, edit_refine, mask_diffusion, strip_padding
 from pipeline.drafts.recipe import DraftRecipe, row_recipe
 
@@ -29,22 +30,6 @@ DRAFTED_COLUMNS = pa.schema(
     ]
 )
 CARRIED_COLUMNS = ["id", "source_format", "source_index", "record_no", "prompt_text", "prompt_ids", "answers_text", "answers_ids"]
-
-
-def pack_groups(lengths: Sequence[int], tokens_per_forward: int) -> list[list[int]]:
-    """Consecutive index groups whose total length stays within the budget (at least one row each)."""
-    groups: list[list[int]] = []
-    current: list[int] = []
-    used = 0
-    for i, n in enumerate(lengths):
-        if current and used + n > tokens_per_forward:
-            groups.append(current)
-            current, used = [], 0
-        current.append(i)
-        used += n
-    if current:
-        groups.append(current)
-    return groups
 
 
 def draft_rows(
@@ -116,14 +101,12 @@ class DraftActor:
     ):
         import torch
 
-        from medlm.checkpoint import load_checkpoint
+        from medlm.checkpoint import device_and_dtype, load_checkpoint
         from medlm.tokenizer import special_ids
 
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device, dtype = device_and_dtype(device)
         if device == "cpu":
             torch.set_num_threads(max(1, int(num_threads)))
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         started = time.perf_counter()
         self.model, tokenizer = load_checkpoint(checkpoint, device=device, dtype=dtype)
         self.special = special_ids(tokenizer)

@@ -3,7 +3,7 @@
 Mask examples marked by the stream carry a draft request. Per micro-batch, their prompts are drafted
 in one ``medlm.sampling.mask_diffusion`` call at a tokens-per-step rate drawn from
 ``tokens_per_step`` (2/4/8/16 in the paper, so drafts range from nearly right to badly mixed),
-padding is stripped, and each draft is labelled with ``medlm.edits.edit_labels`` against the closest
+padding is stripped, and each draft is labelled by ``medlm.edits.label_draft`` against the closest
 valid reference (the row's ``refs``): labelling against one fixed answer would teach the editor to
 rewrite one valid answer into another.
 
@@ -19,11 +19,10 @@ import random
 
 import torch
 
-from medlm.edits import edit_distance, edit_labels
-from medlm.packing import edit_example
+from medlm.edits import label_draft
+from medlm.packing import DRAFT_REQUEST, edit_example
 from medlm.sampling import DecodeConfig, mask_diffusion, strip_padding
 from medlm.tokenizer import SpecialIds
-from pipeline.train.batches import DRAFT_REQUEST
 
 
 def draft_rate(seed: int, step: int, micro: int, tokens_per_step: list[int]) -> int:
@@ -63,8 +62,7 @@ def resolve_drafts(model, examples: list[dict], special: SpecialIds, *, gen_len:
             continue
         req = ex[DRAFT_REQUEST]
         draft = strip_padding(next(made)[0], special)
-        ref = min(req["refs"], key=lambda r: edit_distance(draft, r))
-        distances.append(edit_distance(draft, ref))
-        token_target, insert_target = edit_labels(draft, ref, del_id=special.delete)
-        out.append(edit_example(req["prompt"], draft, token_target, insert_target, special))
+        labels = label_draft(draft, req["refs"], del_id=special.delete)
+        distances.append(labels.distance)
+        out.append(edit_example(req["prompt"], draft, labels.token_target, labels.insert_target, special))
     return out, {"drafts": len(requests), "draft_distance": sum(distances) / len(distances)}

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from pipeline.common import deep_merge
+
 T = TypeVar("T")
 
 
@@ -39,13 +41,6 @@ def parse_overrides(overrides: list[str]) -> dict:
         key, raw = item.split("=", 1)
         _set_path(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
     return tree
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _build(cls, data: dict, where: str):
@@ -77,7 +72,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None, cls: type[
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
-    data = _merge(data, parse_overrides(overrides or []))
+    data = deep_merge(data, parse_overrides(overrides or []))
     return _build(cls, data, "")
 
 

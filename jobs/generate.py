@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from jobs.config import ConfigError, load_config, parse_overrides
+from pipeline.common import connect_ray
 from pipeline.drafts import GenerateConfig, GenerateError, config_from_run, plan_run, run_plan
 
 PREFIX = "[medlm generate]"
@@ -55,19 +55,6 @@ def build_config(args) -> GenerateConfig:
     return cfg
 
 
-def connect_ray(cfg: GenerateConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-        _say(f"connected to Ray at {os.environ['RAY_ADDRESS']}")
-    else:
-        ray.init(include_dashboard=False)
-        _say(f"started a local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
-
-
 def cli(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="medlm generate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,7 +75,9 @@ def cli(argv: list[str]) -> int:
         print(f"medlm generate: error: {e}", file=sys.stderr)
         return 2
     if cfg.force or not plan.layout.is_complete(plan.run_id):  # a complete run is reused without Ray
-        connect_ray(cfg)
+        said = connect_ray()
+        if said:
+            _say(said)
     summary = run_plan(plan, say=_say)
     for line in summary.lines():
         _say(line)

@@ -93,14 +93,12 @@ def cli(argv: list[str]) -> int:
     import ray
     from ray import serve
 
+    from pipeline.common import connect_ray
     from pipeline.serve import run_local
 
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-        _say(f"connected to Ray at {os.environ['RAY_ADDRESS']}")
-    else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False)
-        _say(f"started a local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
+    said = connect_ray(num_cpus=cfg.num_cpus)
+    if said:
+        _say(said)
     _say(f"deploying {app_args['checkpoint']} (loading the model on each replica) ...")
     url = run_local(app_args, host=cfg.host, port=cfg.port, app_name=cfg.app_name, route_prefix=cfg.route_prefix)
     _say(f"ready at {url}  (POST /v1/refine, /v1/chat/completions, /v1/completions; GET /v1/models, /docs)")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -35,13 +34,12 @@ def cli(argv: list[str]) -> int:
         print(f"medlm train: {e}", file=sys.stderr)
         return 2
 
-    import ray
     from ray.train import TrainingFailedError
 
+    from pipeline.common import connect_ray
     from pipeline.train import DataError, run_training
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None)
+    connect_ray()
     try:
         result = run_training(cfg)
     except (DataError, FileNotFoundError, ValueError) as e:

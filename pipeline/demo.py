@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from pipeline.common.io import write_text_atomic
+from pipeline.common.ray_connect import connect_ray
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -139,10 +142,8 @@ class Stages:
         t = time.perf_counter()
         result = fn()
         self.timings[name] = time.perf_counter() - t
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"fingerprint": fingerprint, "result": result, "seconds": self.timings[name]},
-                                  indent=2, default=str))
-        tmp.replace(marker)
+        write_text_atomic(marker, json.dumps({"fingerprint": fingerprint, "result": result,
+                                              "seconds": self.timings[name]}, indent=2, default=str))
         self.say(f"[demo] {name}: done in {self.timings[name]:.0f} s")
         return result
 
@@ -166,8 +167,6 @@ def _train(cfg: DemoConfig, out: Path, **kwargs) -> dict:
 
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     """Run every stage (reusing finished ones) and write the results folder; returns results.json."""
-    import ray
-
     from medlm.evaluation import budget_table, plot_accuracy_vs_nfe, table_markdown
     from medlm.tasks.toy import generate_problems, write_jsonl
     from medlm.tokenizer import build_default_tokenizer
@@ -198,9 +197,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
 
     data = stages.run("data", cfg.fingerprint("seed", "train_problems", "draft_rows", "test_problems", "gen_len"),
                       make_data)
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
-                 log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    connect_ray(log_to_driver=True, configure_logging=True, logging_level="WARNING")
     common = ("seed", "preset", "gen_len", "num_workers", "cpus_per_worker", "zero_stage", "bucket_elements",
               "max_len", "micro_batch_rows")
 

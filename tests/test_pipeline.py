@@ -25,13 +25,13 @@ from medlm.tasks.toy import generate_problems, write_jsonl
 from medlm.tokenizer import load_tokenizer, response_ids, special_ids, tokenizer_hash
 from pipeline.drafts.job import CRASH_HOOK_ENV
 from pipeline.drafts.recipe import DraftRecipe, row_recipe
+from pipeline.common.io import file_sha256
 from pipeline.drafts.shards import (
     DRAFT_SCHEMA,
     SCHEMA_VERSION,
     RunNotReady,
     content_hash,
     current_run,
-    file_sha256,
     open_run,
     read_run,
 )

@@ -33,6 +33,7 @@ from medlm.packing import collate, mask_example  # noqa: E402
 from medlm.sampling import DecodeConfig, generate  # noqa: E402
 from medlm.tasks.toy import generate_problems, write_jsonl  # noqa: E402
 from medlm.tokenizer import chat_prompt_ids, decode_response, load_tokenizer, response_ids, special_ids  # noqa: E402
+from pipeline.common.io import write_json_atomic  # noqa: E402
 from pipeline.drafts import shards  # noqa: E402
 from pipeline.train.config import TrainConfig  # noqa: E402
 from pipeline.train.data import DataError  # noqa: E402
@@ -95,7 +96,7 @@ def write_draft_run(run_dir: Path, checkpoint: Path, problems, *, version: str =
     manifest = {"schema_version": version, "run_id": run_dir.name, "files": files,
                 "rows": {"read": len(rows), "written": len(rows), "rejected": 0, "rejected_by_reason": {}},
                 "content_hash": "test"}
-    shards.write_json_atomic(run_dir / shards.MANIFEST, manifest)
+    write_json_atomic(run_dir / shards.MANIFEST, manifest)
     if success:
         (run_dir / shards.SUCCESS).write_text("")
     return run_dir
@@ -266,7 +267,8 @@ def test_zero3_online_drafts_from_an_export_then_decode(mask_run, workspace):
 def test_mask_examples_draw_every_valid_phrasing_reproducibly():
     """Regression: mask examples once always used the first reference, so a task with several valid
     answers trained a unimodal base model. Each example now draws one phrasing from (seed, row, epoch)."""
-    from pipeline.train.batches import ExampleStream, MaskRows
+    from medlm.packing import ExampleStream
+    from pipeline.train.batches import MaskRows
 
     sp = SimpleNamespace(mask=0, delete=1, pad=2, im_start=3, im_end=4, eos=5, no_insert=2)
     answers = [[10 + k, 20 + k, 4] for k in range(4)]  # four valid phrasings of one problem

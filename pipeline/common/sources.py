@@ -9,6 +9,7 @@ Stages (all plain functions, so the Ray pipeline and a single-process loop share
   resolve_sources      paths/directories -> checked SourceFile list (fails fast, before any work)
   explode_files        Ray ``read_binary_files`` rows -> one record per JSONL line / Parquet row
   normalise_records    records -> status "ok" rows with token ids, or status = reject reason
+  read_normalised      the Ray Data chain of the two above over resolved sources (drafts and training)
   first_occurrences / select_rows   duplicate ids: the first (source_index, record_no) wins
 """
 
@@ -24,9 +25,9 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.drafts.shards import file_sha256
 from medlm.data import RowError, encode_example, normalise_row, parse_json_line, stable_row_id
 from medlm.tokenizer import load_tokenizer, response_ids
+from pipeline.common.io import file_sha256
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 RAW_EXCERPT_CHARS = 1000
@@ -231,6 +232,24 @@ def normalise_records(
         for name in out:
             out[name].append(row[name])
     return pa.Table.from_pydict(out, schema=NORMALISED_SCHEMA)
+
+
+def read_normalised(sources: list[SourceFile], *, checkpoint: str, gen_len: int, max_response_len: int,
+                    max_total_len: int):
+    """Ray Data: ``read_binary_files`` -> :func:`explode_files` -> :func:`normalise_records` (not materialised).
+
+    ``checkpoint`` is the directory whose tokenizer encodes the rows.
+    """
+    import ray.data
+
+    return (
+        ray.data.read_binary_files([s.path for s in sources], include_paths=True)
+        .map_batches(explode_files, batch_size=1, batch_format="pyarrow",
+                     fn_kwargs={"sources": [s.to_dict() for s in sources]})
+        .map_batches(normalise_records, batch_size=None, batch_format="pyarrow",
+                     fn_kwargs={"checkpoint": checkpoint, "gen_len": gen_len, "max_response_len": max_response_len,
+                                "max_total_len": max_total_len})
+    )
 
 
 # --- duplicate ids ---------------------------------------------------------------------------

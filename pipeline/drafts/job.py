@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from pipeline.common.io import write_json_atomic
 from pipeline.common.sources import SourceFile
 from pipeline.drafts.plan import GenerateConfig, RunPlan, plan_run
 from pipeline.drafts.shards import (
@@ -39,7 +40,6 @@ from pipeline.drafts.shards import (
     open_run,
     part_filename,
     schema_with_metadata,
-    write_json_atomic,
     write_rejects,
 )
 
@@ -117,19 +117,12 @@ def normalise_sources(plan: RunPlan, say: Callable[[str], None]):
     Returns (normalised dataset, duplicates, rows read); ``duplicates`` maps the (source_index,
     record_no) of every later copy of an id to where the kept first copy is.
     """
-    import ray.data
+    from pipeline.common.sources import duplicate_rows, first_occurrences, read_normalised
 
-    from pipeline.common.sources import duplicate_rows, explode_files, first_occurrences, normalise_records
-
-    normalised = (
-        ray.data.read_binary_files([s.path for s in plan.sources], include_paths=True)
-        .map_batches(explode_files, batch_size=1, batch_format="pyarrow",
-                     fn_kwargs={"sources": [s.to_dict() for s in plan.sources]})
-        .map_batches(normalise_records, batch_size=None, batch_format="pyarrow",
-                     fn_kwargs={"checkpoint": str(plan.checkpoint), "gen_len": plan.config.gen_len,
-                                "max_response_len": plan.max_response_len, "max_total_len": plan.max_positions})
-        .materialize()
-    )
+    normalised = read_normalised(
+        plan.sources, checkpoint=str(plan.checkpoint), gen_len=plan.config.gen_len,
+        max_response_len=plan.max_response_len, max_total_len=plan.max_positions,
+    ).materialize()
     keys = []
     for batch in normalised.select_columns(["id", "source_index", "record_no", "status"]).iter_batches(
         batch_format="pyarrow", batch_size=65536

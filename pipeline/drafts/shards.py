@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -28,6 +27,8 @@ from typing import Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline.common.io import file_sha256, replace_dir, write_text_atomic
 
 SCHEMA_VERSION = "medlm.drafts.v1"
 MANIFEST = "_manifest.json"
@@ -106,14 +107,6 @@ def write_rejects(path: Path, rows: list[dict]) -> None:
     pq.write_table(table, path, compression="zstd")
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def part_files(run_dir: Path) -> list[Path]:
     return sorted(p for p in Path(run_dir).glob(f"{PART_PREFIX}*.parquet"))
 
@@ -160,18 +153,6 @@ def content_hash(files: Iterable[Path]) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 @dataclass(frozen=True)
 class RunLayout:
     """Paths of one output directory and the moves that commit a run."""
@@ -204,15 +185,7 @@ class RunLayout:
         """Move a finished staging directory into place, replacing an older run with the same id."""
         if not (staging / SUCCESS).exists():
             raise RunNotReady(f"refusing to commit {staging}: it has no {SUCCESS}")
-        final = self.run_dir(run_id)
-        old = None
-        if final.exists():
-            old = self.runs / f"{run_id}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-        os.replace(staging, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
+        return replace_dir(staging, self.run_dir(run_id))
 
     def set_current(self, run_id: str) -> None:
         write_text_atomic(self.output / CURRENT, run_id + "\n")
@@ -268,15 +241,6 @@ class DraftRun:
 
     def rejects(self) -> pa.Table:
         return pq.read_table(self.run_dir / REJECTS)
-
-    def ray_dataset(self, columns: Optional[list[str]] = None, **read_args):
-        """The shards as a Ray Dataset (for Ray Train's ``get_dataset_shard``)."""
-        import ray.data
-
-        if not self.files:
-            return ray.data.from_arrow(self.to_arrow(columns))
-        return ray.data.read_parquet([str(f) for f in self.files], columns=columns, **read_args)
-
 
 def current_run(out_dir: str | Path) -> Optional[Path]:
     """The run directory ``OUT/CURRENT`` names, or None when no run has completed yet."""

@@ -24,7 +24,7 @@ import numpy as np
 import ray
 from ray.data import ActorPoolStrategy, DataContext
 
-from medlm.checkpoint import check_checkpoint_dir, checkpoint_hash
+from medlm.checkpoint import check_checkpoint_dir, checkpoint_hash, device_and_dtype
 from medlm.evaluation import (
     Budget,
     budget_row,
@@ -40,6 +40,8 @@ from medlm.evaluation import (
 from medlm.modeling import MedlmConfig
 from medlm.tasks import get_task
 from medlm.tokenizer import load_tokenizer, tokenizer_hash
+from pipeline.common.io import atomic_path, write_text_atomic
+from pipeline.common.ray_connect import connect_ray
 
 __all__ = ["EvalActor", "run_eval"]
 
@@ -52,7 +54,8 @@ class EvalActor:
                  num_threads: int = 1, device: Optional[str] = None):
         import torch
 
-        if device in (None, "cpu") and not torch.cuda.is_available():
+        device, _ = device_and_dtype(device)
+        if device == "cpu":
             torch.set_num_threads(max(1, int(num_threads)))
         self.model, self.tokenizer = load_eval_model(checkpoint, device=device)
         self.budgets = {b["label"]: Budget(**b) for b in budgets}
@@ -72,11 +75,6 @@ class EvalActor:
                 records[i] = json.dumps(rec, ensure_ascii=False)
         return {"budget": np.asarray(labels, dtype=object), "index": np.asarray(batch["index"]),
                 "record": np.asarray(records, dtype=object)}
-
-
-def _ensure_ray() -> None:
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None)
 
 
 def _check_inputs(checkpoint: Path, task: str, budgets: Sequence[Budget], gen_len: Optional[int], batch_size: int,
@@ -108,11 +106,9 @@ def _check_inputs(checkpoint: Path, task: str, budgets: Sequence[Budget], gen_le
 
 
 def _write_jsonl(path: Path, records: Sequence[dict]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for rec in records:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def _log_budget(task: str, budget: Budget, summary: dict, done: int, total: int) -> None:
@@ -146,7 +142,7 @@ def run_eval(checkpoint: str | Path, task: str, budgets: Sequence[Budget], n_sam
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").unlink(missing_ok=True)  # a rerun is not trusted until it finishes
 
-    _ensure_ray()
+    connect_ray()
     DataContext.get_current().enable_progress_bars = not os.environ.get("CI")
     items = [{"budget": b.label, "index": i, "sample": json.dumps(s, ensure_ascii=False)}
              for b in budgets for i, s in enumerate(samples)]
@@ -200,9 +196,7 @@ def run_eval(checkpoint: str | Path, task: str, budgets: Sequence[Budget], n_sam
         "files": {"samples": files, "table": "table.md", "plot": "accuracy_vs_nfe.png"},
         "wall_s": round(time.perf_counter() - started, 3),
     }
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    tmp.replace(out / "summary.json")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     summary["out_dir"] = str(out)
     summary["table_markdown"] = table
     print(f"[eval] done in {summary['wall_s']:.1f}s -> {out}\n{table}", flush=True)

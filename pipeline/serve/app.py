@@ -35,9 +35,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from medlm.checkpoint import check_checkpoint_dir, checkpoint_hash, load_checkpoint
+from medlm.checkpoint import check_checkpoint_dir, checkpoint_hash, device_and_dtype, load_checkpoint
 from medlm.sampling import DecodeConfig, generate
 from medlm.tokenizer import decode_response, special_ids
+from pipeline.common.ray_connect import connect_ray
 from pipeline.serve.api import (
     ApiError,
     ChatCompletionRequest,
@@ -120,10 +121,8 @@ class MedlmServer:
         self.args = ServeArgs.parse(args)
         if self.args.torch_threads:
             torch.set_num_threads(self.args.torch_threads)
-        device = self.args.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model, self.tokenizer = load_checkpoint(self.args.checkpoint, device=device)
+        device, dtype = device_and_dtype(self.args.device)
+        self.model, self.tokenizer = load_checkpoint(self.args.checkpoint, device=device, dtype=dtype)
         self.special = special_ids(self.tokenizer)
         self.step_events = StepEvents(self.tokenizer, self.special)
         self.playground = playground_html()
@@ -329,12 +328,9 @@ def run_local(args: dict, host: str = "127.0.0.1", port: int = 8000, app_name: s
     """Start Serve's HTTP proxy on ``host:port`` (``port=0``: a free one), deploy the app, wait until
     it answers, and return its base URL. Connects to the running Ray (or ``RAY_ADDRESS``), else
     starts a local one."""
-    import ray
-
     if args.get("checkpoint"):  # a local path: fail here, by name, before any replica tries
         args = {**args, "checkpoint": str(check_checkpoint_dir(args["checkpoint"]).resolve())}
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False)
+    connect_ray()
     port = port or free_port(host)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(args), name=app_name, route_prefix=route_prefix)

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import ray
 
 from pipeline.drafts.shards import SCHEMA_VERSION, RunNotReady, open_run
-from pipeline.common.sources import OK, SourceError, explode_files, normalise_records, resolve_sources
+from pipeline.common.sources import OK, SourceError, read_normalised, resolve_sources
 
 DRAFT_COLUMNS = ("id", "prompt_ids", "target_ids", "draft_ids", "token_target", "insert_target")
 EDIT_COLUMNS = ("id", "prompt_ids", "draft_ids", "token_target", "insert_target")
@@ -69,15 +69,9 @@ def read_sources(paths: list[str], tokenizer_dir: str, gen_len: int, max_positio
         sources = resolve_sources(paths)
     except SourceError as e:
         raise DataError(str(e)) from None
-    ds = (
-        ray.data.read_binary_files([s.path for s in sources], include_paths=True)
-        .map_batches(explode_files, batch_size=1, batch_format="pyarrow",
-                     fn_kwargs={"sources": [s.to_dict() for s in sources]})
-        .map_batches(normalise_records, batch_size=None, batch_format="pyarrow",
-                     fn_kwargs={"checkpoint": tokenizer_dir, "gen_len": gen_len, "max_response_len": gen_len,
-                                "max_total_len": max_positions})
-        .map_batches(mark_mask_rows, batch_size=None, batch_format="pyarrow", fn_kwargs={"gen_len": gen_len})
-    )
+    ds = read_normalised(sources, checkpoint=tokenizer_dir, gen_len=gen_len, max_response_len=gen_len,
+                         max_total_len=max_positions).map_batches(
+        mark_mask_rows, batch_size=None, batch_format="pyarrow", fn_kwargs={"gen_len": gen_len})
     return ds.materialize(), [s.path for s in sources]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
@@ -19,9 +18,11 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from medlm.checkpoint import check_checkpoint_dir, load_checkpoint, new_model, save_checkpoint
+from medlm.checkpoint import check_checkpoint_dir, new_model, save_checkpoint
 from medlm.modeling import MedlmConfig
 from medlm.tokenizer import build_default_tokenizer, load_tokenizer
+from pipeline.common.io import atomic_path
+from pipeline.common.ray_connect import connect_ray
 from pipeline.train.ds_config import deepspeed_config
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import prepare_data
@@ -67,15 +68,9 @@ def toy_source(cfg: TrainConfig, run_dir: Path) -> str:
 
     path = run_dir / f"toy-train-{cfg.toy_problems}-seed{cfg.seed}.jsonl"
     if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        write_jsonl(generate_problems(cfg.toy_problems, seed=cfg.seed, split="train"), tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            write_jsonl(generate_problems(cfg.toy_problems, seed=cfg.seed, split="train"), tmp)
     return str(path)
-
-
-def _ensure_ray() -> None:
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None)
 
 
 def run_training(cfg: TrainConfig) -> dict:
@@ -98,7 +93,7 @@ def run_training(cfg: TrainConfig) -> dict:
     if cfg.toy_problems:
         cfg = dataclasses.replace(cfg, sources=[*cfg.sources, toy_source(cfg, run_dir)], toy_problems=0)
 
-    _ensure_ray()
+    connect_ray()
     prepared = prepare_data(cfg, str(start), limit, run_dir)
     print(f"[train] {cfg.objective} training of {start} -> {run_dir}: usable rows {prepared.rows}, "
           f"rejected {prepared.rejected or 'none'}, longest example {prepared.longest} tokens (max_len {cfg.max_len})",
@@ -152,7 +147,3 @@ def run_training(cfg: TrainConfig) -> dict:
         "wall_s": round(time.perf_counter() - t0, 1),
     }
 
-
-def load_exported(result: dict):
-    """(model, tokenizer) of a finished run's export, for serving or evaluation."""
-    return load_checkpoint(result["export_dir"])

@@ -2,18 +2,16 @@
 
 The files under ``cluster/deepspeed/`` hold what does not change between runs (bucket sizes, ZeRO-3
 prefetching); batch shape, learning rate, clipping and precision come from the training config so
-the two can never disagree. The learning-rate schedule (linear warmup, cosine decay to ``min_lr``)
-is a plain function handed to DeepSpeed as a ``LambdaLR`` so its position is saved in DeepSpeed
-checkpoints and a resumed run continues the curve.
+the two can never disagree. The learning-rate schedule is ``medlm.schedule.cosine_lr``, handed to
+DeepSpeed by the worker as a ``LambdaLR``.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import math
 from pathlib import Path
 
+from pipeline.common.merge import deep_merge
 from pipeline.train.config import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -27,13 +25,6 @@ def base_config_path(cfg: TrainConfig) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"DeepSpeed config {path} does not exist")
     return path
-
-
-def _deep_merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
@@ -55,18 +46,8 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     if not cfg.use_gpu:
         # FusedAdam needs CUDA; torch's AdamW works everywhere
         run["optimizer"]["params"]["torch_adam"] = True
-    merged = _deep_merge(_deep_merge(base, run), cfg.deepspeed_overrides)
+    merged = deep_merge(deep_merge(base, run), cfg.deepspeed_overrides)
     stage = merged.get("zero_optimization", {}).get("stage")
     if stage != cfg.zero_stage:
         raise ValueError(f"deepspeed_overrides set zero_optimization.stage={stage}, but zero_stage={cfg.zero_stage}")
     return merged
-
-
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Multiplier of ``cfg.lr`` after ``step`` optimizer steps: linear warmup, then cosine to min_lr."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.max_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    floor = cfg.min_lr / cfg.lr
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))

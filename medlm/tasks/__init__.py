@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["Task", "get_task", "TASKS", "gsm8k_path", "load_gsm8k"]
+__all__ = ["Task", "get_task", "TASKS", "gsm8k_path", "gsm8k_source", "load_gsm8k"]
 
-GSM8K_ENV = "MEDLM_GSM8K_DIR"  # a folder with GSM8K's {train,test}.jsonl; the data is not shipped
+GSM8K_ENV = "MEDLM_GSM8K"  # where GSM8K comes from: "hub", or a JSONL / Parquet file or folder
+GSM8K_DIR_ENV = "MEDLM_GSM8K_DIR"  # the older name: a folder holding {train,test}.jsonl
+GSM8K_HUB = ("openai/gsm8k", "main")  # the Hugging Face dataset and its config
+_HUB_NAMES = ("hub", "hf", "openai/gsm8k")
 
 
 @dataclass(frozen=True)
@@ -26,30 +29,80 @@ class Task:
     grade: Callable[[Any, str], dict]  # (problem, model text) -> {"correct": bool, ...}
 
 
-def gsm8k_path(split: str = "test") -> Path:
-    """GSM8K ``{split}.jsonl`` under ``$MEDLM_GSM8K_DIR``; a clear error when it is not set or not there."""
-    folder = os.environ.get(GSM8K_ENV)
-    if not folder:
-        raise FileNotFoundError(
-            f"GSM8K is not shipped with medlm: set {GSM8K_ENV} to a folder holding train.jsonl / test.jsonl "
-            "(rows {\"question\", \"answer\"}, e.g. the Hugging Face dataset openai/gsm8k, config 'main', "
-            "written out as JSON lines)")
-    path = Path(folder).expanduser() / f"{split}.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{GSM8K_ENV}={folder} has no {split}.jsonl")
-    return path
+def gsm8k_source(source: str | os.PathLike | None = None) -> str:
+    """Where GSM8K will be read from: ``source``, else ``$MEDLM_GSM8K``, else ``$MEDLM_GSM8K_DIR``.
+
+    GSM8K is not shipped with medlm. A clear error names both ways to provide it when none is set.
+    """
+    for value in (source, os.environ.get(GSM8K_ENV), os.environ.get(GSM8K_DIR_ENV)):
+        if value:
+            return str(value)
+    raise FileNotFoundError(
+        "GSM8K is not shipped with medlm; say where to read it: "
+        f"{GSM8K_ENV}=hub (the Hugging Face dataset {GSM8K_HUB[0]}, config {GSM8K_HUB[1]!r}, through the "
+        "`datasets` package: pip install 'medlm[hub]'), or "
+        f"{GSM8K_ENV}=PATH to a JSONL or Parquet file or to a folder holding {{train,test}}.jsonl or .parquet "
+        f"(rows {{\"question\", \"answer\"}}); {GSM8K_DIR_ENV}=FOLDER still works")
 
 
-def load_gsm8k(split: str = "test", limit: int | None = None) -> list[dict]:
-    """Rows ``{id, question, answer}``; ids like ``gsm8k-test-000042``."""
+def gsm8k_path(split: str = "test", source: str | os.PathLike | None = None) -> Path:
+    """The local file of GSM8K's ``split``: the file named, or ``{split}.jsonl`` / ``.parquet`` in the folder named."""
+    src = gsm8k_source(source)
+    if src.lower() in _HUB_NAMES:
+        raise ValueError(f"GSM8K source {src!r} is the Hugging Face hub, not a local file")
+    path = Path(src).expanduser()
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"GSM8K source {src} does not exist")
+    # {split}.jsonl, {split}.parquet, or a hub snapshot's main/{split}-00000-of-00001.parquet
+    hub_layout = sorted(path.glob(f"{split}-*.parquet")) + sorted(path.glob(f"*/{split}-*.parquet"))
+    for candidate in (path / f"{split}.jsonl", path / f"{split}.parquet", *hub_layout):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"GSM8K source {src} has no {split}.jsonl or {split}.parquet")
+
+
+def _gsm8k_rows_from_hub(split: str) -> list[dict]:
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError(
+            f"reading GSM8K from the Hugging Face hub needs the `datasets` package, an optional extra of medlm: "
+            f"pip install 'medlm[hub]' (or pip install datasets); or point {GSM8K_ENV} at a local file"
+        ) from None
+    return [dict(r) for r in datasets.load_dataset(*GSM8K_HUB, split=split)]
+
+
+def _gsm8k_rows_from_file(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path, columns=["question", "answer"]).to_pylist()
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_gsm8k(split: str = "test", limit: int | None = None, source: str | os.PathLike | None = None) -> list[dict]:
+    """Rows ``{id, question, answer}`` with ids like ``gsm8k-test-000042``.
+
+    ``source`` (default ``$MEDLM_GSM8K``, then ``$MEDLM_GSM8K_DIR``) is ``"hub"`` for the Hugging Face
+    dataset ``openai/gsm8k`` (config ``main``), or a JSONL / Parquet file, or a folder holding
+    ``{split}.jsonl`` or ``{split}.parquet`` (a downloaded hub snapshot works too).
+    """
+    src = gsm8k_source(source)
+    if src.lower() in _HUB_NAMES:
+        raw = _gsm8k_rows_from_hub(split)
+        where = f"{GSM8K_HUB[0]} ({split})"
+    else:
+        path = gsm8k_path(split, src)
+        raw = _gsm8k_rows_from_file(path)
+        where = str(path)
     rows = []
-    with gsm8k_path(split).open(encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if limit is not None and i >= limit:
-                break
-            row = json.loads(line)
-            rows.append({"id": f"gsm8k-{split}-{i:06d}", "question": row["question"],
-                         "answer": row["answer"]})
+    for i, row in enumerate(raw[:limit] if limit is not None else raw):
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
+            raise ValueError(f"{where}: row {i} lacks the string fields question and answer")
+        rows.append({"id": f"gsm8k-{split}-{i:06d}", "question": row["question"], "answer": row["answer"]})
     return rows
 
 

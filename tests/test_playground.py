@@ -26,7 +26,7 @@ if MISSING:
     print(f"\ntests/test_playground.py skipped: {reason}")
     pytest.skip(reason, allow_module_level=True)
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+from selenium import webdriver  # noqa: E402  (a dev dependency: pip install -e '.[dev]')
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402

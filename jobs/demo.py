@@ -7,12 +7,13 @@ Also `python -m jobs.demo` for `ray job submit`. Finished stages are reused on a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
 from pathlib import Path
 
-from jobs.config import load_config
+from jobs.config import ConfigError, build, merge, parse_overrides, read_yaml
 from pipeline.demo import REPO, DemoConfig, run_demo
 
 
@@ -25,9 +26,11 @@ def cli(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    cfg = load_config(args.config, args.overrides, DemoConfig)
-    if args.quick:
-        cfg = DemoConfig.quick_preset(**{k: v for k, v in vars(cfg).items() if k in _explicit(args.overrides)})
+    try:
+        cfg = build_config(args)
+    except ConfigError as e:
+        print(f"medlm demo: {e}", file=sys.stderr)
+        return 2
     if args.fresh:
         work = Path(cfg.out) if Path(cfg.out).is_absolute() else REPO / cfg.out
         shutil.rmtree(work, ignore_errors=True)
@@ -35,8 +38,12 @@ def cli(argv: list[str]) -> int:
     return 0
 
 
-def _explicit(overrides: list[str]) -> set[str]:
-    return {o.split("=", 1)[0] for o in overrides}
+def build_config(args) -> DemoConfig:
+    """Defaults (``--quick``: the smoke preset's) < --config YAML < key=value overrides, typed (jobs.config)."""
+    data = merge(read_yaml(args.config), parse_overrides(args.overrides))
+    if args.quick:
+        data = merge(dataclasses.asdict(DemoConfig.quick_preset()), data)
+    return build(DemoConfig, data)
 
 
 if __name__ == "__main__":

@@ -3,42 +3,52 @@
 Two ways in, one config: flags (``medlm eval --checkpoint DIR --task toy --mask-steps 36 --edit-steps 12``)
 and a YAML file with ``key=value`` overrides for ``ray job submit``
 (``python -m jobs.evaluate --config jobs/configs/evaluate.yaml checkpoint=DIR table=true``).
-Flags win over overrides, which win over the file. Connects to ``RAY_ADDRESS`` when set, else starts
-a local Ray.
+Flags win over overrides, which win over the file, which wins over the defaults (``jobs.config``).
+``gsm8k_source`` says where GSM8K comes from (``hub`` or a JSONL / Parquet file or folder; default
+``$MEDLM_GSM8K``). Connects to ``RAY_ADDRESS`` when set, else starts a local Ray.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Literal, Optional
+
+from pydantic import Field
 
 from jobs.config import ConfigError, config_to_dict, load_config
+
+
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+
 
 @dataclass
 class EvalConfig:
     checkpoint: str = ""
-    task: str = "toy"  # toy | gsm8k | humaneval
+    task: Literal["toy", "gsm8k", "humaneval"] = "toy"
     split: str = "test"
-    n_samples: Optional[int] = 32  # null: every problem of the task
-    gen_len: int = 48  # response positions; the full budget is gen_len mask steps (one token per step)
-    mask_steps: int = 48  # single-budget mode
-    edit_steps: int = 0
+    n_samples: Optional[Positive] = 32  # null: every problem of the task
+    gen_len: Positive = 48  # response positions; the full budget is gen_len mask steps (one token per step)
+    mask_steps: Positive = 48  # single-budget mode
+    edit_steps: NonNegative = 0
     table: bool = False  # evaluate the whole budget table instead of one budget
-    fractions: list = field(default_factory=lambda: [1, 0.5, 0.25, 0.125])
-    edit_share: float = 0.25  # share of a mask+edit budget spent on edit steps
-    threshold: Optional[float] = None
-    block_size: Optional[int] = None
-    batch_size: int = 8
-    num_actors: int = 1
-    cpus_per_actor: float = 1
-    gpus_per_actor: float = 0
-    grade_timeout_s: float = 5.0
+    fractions: list[Annotated[float, Field(gt=0, le=1)]] = field(default_factory=lambda: [1, 0.5, 0.25, 0.125])
+    edit_share: Annotated[float, Field(ge=0, lt=1)] = 0.25  # share of a mask+edit budget spent on edit steps
+    threshold: Optional[Annotated[float, Field(gt=0, le=1)]] = None
+    block_size: Optional[Positive] = None
+    batch_size: Positive = 8
+    num_actors: Positive = 1
+    cpus_per_actor: Annotated[float, Field(gt=0)] = 1
+    gpus_per_actor: Annotated[float, Field(ge=0)] = 0
+    grade_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     seed: int = 0
     out_dir: str = "runs/eval"
+    gsm8k_source: Optional[str] = None  # "hub", or a GSM8K JSONL / Parquet file or folder
 
 
 # flag -> config key; every flag defaults to None so only flags actually given override the config
@@ -56,14 +66,13 @@ def parse_args(argv: list[str]) -> EvalConfig:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=None, help="YAML config (e.g. jobs/configs/evaluate.yaml)")
     for flag, (key, typ) in FLAGS.items():
-        ap.add_argument(flag, dest=key, type=typ, default=None)
+        ap.add_argument(flag, dest=key, metavar=typ.__name__.upper(), default=None)  # typed by EvalConfig
     ap.add_argument("--table", action="store_true", default=None, help="evaluate the whole budget table")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = ap.parse_args(argv)
-    flags = [f"{key}={json.dumps(getattr(args, key))}" for key, _ in FLAGS.values() if getattr(args, key) is not None]
-    if args.table:
-        flags.append("table=true")
-    return load_config(args.config, [*args.overrides, *flags], EvalConfig)
+    flags = {key: getattr(args, key) for key, _ in FLAGS.values()}
+    flags["table"] = args.table
+    return load_config(args.config, args.overrides, EvalConfig, flags=flags)
 
 
 def budgets_of(cfg: EvalConfig) -> list:
@@ -83,6 +92,8 @@ def cli(argv: list[str]) -> int:
     if not cfg.checkpoint:
         print("medlm eval: no checkpoint given (--checkpoint DIR or checkpoint=DIR)", file=sys.stderr)
         return 2
+    if cfg.gsm8k_source:  # medlm.tasks reads it where the samples are loaded
+        os.environ["MEDLM_GSM8K"] = cfg.gsm8k_source
     from pipeline.eval import run_eval
 
     try:

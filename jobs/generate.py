@@ -14,10 +14,10 @@ unwritable output are reported before Ray starts.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
 
-from jobs.config import ConfigError, load_config, parse_overrides
+from jobs.config import ConfigError, build, load_config, merge, parse_overrides
 from pipeline.common import connect_ray
 from pipeline.drafts import GenerateConfig, GenerateError, config_from_run, plan_run, run_plan
 
@@ -28,31 +28,30 @@ def _say(message: str) -> None:
     print(f"{PREFIX} {message}", flush=True)
 
 
-def _flag_overrides(args) -> list[str]:
-    """Command-line flags as key=value overrides (they win over the config file)."""
-    out = []
+def _flags(args) -> dict:
+    """Command-line flags by config key (they win over overrides, the config file and the defaults)."""
+    flags = {key: getattr(args, key) for key in ("checkpoint", "output", "run_id", "seed")}
     if args.source:
-        out.append(f"source={json.dumps(args.source if len(args.source) > 1 else args.source[0])}")
-    for key in ("checkpoint", "output", "run_id", "seed"):
-        value = getattr(args, key)
-        if value is not None:
-            out.append(f"{key}={json.dumps(value)}")  # quoted: a path like "2024" stays a string
-    if args.force:
-        out.append("force=true")
-    return out
+        flags["source"] = args.source if len(args.source) > 1 else args.source[0]
+    flags["force"] = True if args.force else None
+    return {k: v for k, v in flags.items() if v is not None}
 
 
 def build_config(args) -> GenerateConfig:
-    overrides = _flag_overrides(args) + list(args.overrides)
-    if args.from_run:
-        if args.config:
-            raise ConfigError("--from-run takes its sources and recipe from the old run; do not combine it with --config")
-        return config_from_run(args.from_run, parse_overrides(overrides))
-    cfg = load_config(args.config, overrides, GenerateConfig)
-    if cfg.from_run:  # from_run=... given as an override (e.g. under `ray job submit`)
-        explicit = parse_overrides([o for o in overrides if not o.startswith("from_run=")])
-        return config_from_run(cfg.from_run, explicit)
-    return cfg
+    """Defaults < --config YAML < key=value overrides < flags, typed by GenerateConfig (jobs.config)."""
+    from_run = args.from_run
+    if from_run and args.config:
+        raise ConfigError("--from-run takes its sources and recipe from the old run; do not combine it with --config")
+    if not from_run:
+        cfg = load_config(args.config, args.overrides, GenerateConfig, flags=_flags(args))
+        if not cfg.from_run:
+            return cfg
+        from_run = cfg.from_run  # from_run=... given as an override (e.g. under `ray job submit`)
+    # the old run's sources and recipe, then what this command line says explicitly
+    explicit = merge(parse_overrides([o for o in args.overrides if not o.startswith("from_run=")]), _flags(args))
+    build(GenerateConfig, explicit)  # type-check what was given before combining it with the old run
+    cfg = config_from_run(from_run, explicit)
+    return build(GenerateConfig, dataclasses.asdict(cfg))
 
 
 def cli(argv: list[str]) -> int:
@@ -63,7 +62,7 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--checkpoint", help="medlm checkpoint directory")
     ap.add_argument("--output", help="output directory (holds runs/ and CURRENT)")
     ap.add_argument("--run-id", dest="run_id", help="default: a hash of sources, checkpoint and recipe")
-    ap.add_argument("--seed", type=int)
+    ap.add_argument("--seed", metavar="INT")  # typed by GenerateConfig
     ap.add_argument("--from-run", dest="from_run", help="rebuild this run's sources and recipe with --checkpoint")
     ap.add_argument("--force", action="store_true", help="regenerate even if a complete run with this id exists")
     ap.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. num_actors=2 gen_len=128)")

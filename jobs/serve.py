@@ -14,14 +14,17 @@ the config stops the command before Ray starts, naming the key.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Optional
 
-from jobs.config import ConfigError, load_config
+from pydantic import Field
+
+from jobs.config import ConfigError, build, merge, parse_overrides, read_yaml
+from pipeline.serve.api import ServeArgs
 
 PREFIX = "[medlm serve]"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "serve.yaml"
@@ -30,12 +33,12 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "serve.yaml"
 @dataclass
 class ServeJobConfig:
     host: str = "127.0.0.1"  # 0.0.0.0 only where the port must be reachable from other machines
-    port: int = 8000
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000  # 0: a free port
     app_name: str = "medlm"
     route_prefix: str = "/"
     detach: bool = False  # deploy, wait until it answers, exit (for `ray job submit`)
-    num_cpus: int | None = None  # CPUs of a local Ray started here; None: all of them
-    app: dict = field(default_factory=dict)  # build_app args, see pipeline.serve.ServeArgs
+    num_cpus: Optional[Annotated[int, Field(ge=1)]] = None  # CPUs of a local Ray started here; None: all of them
+    app: Optional[ServeArgs] = None  # build_app's arguments, parsed here once (pipeline.serve.ServeArgs)
 
 
 def _say(message: str) -> None:
@@ -43,38 +46,42 @@ def _say(message: str) -> None:
 
 
 def build_config(argv: list[str]) -> ServeJobConfig:
+    """Defaults < --config YAML < key=value overrides < flags, typed by ServeJobConfig (jobs.config)."""
     ap = argparse.ArgumentParser(prog="medlm serve", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help=f"YAML config (default {DEFAULT_CONFIG.name})")
     ap.add_argument("--checkpoint", help="medlm checkpoint directory (same as app.checkpoint=...)")
     ap.add_argument("--host")
-    ap.add_argument("--port", type=int)
-    ap.add_argument("--detach", action="store_true", help="deploy and exit instead of blocking")
+    ap.add_argument("--port", metavar="INT")  # typed by ServeJobConfig
+    ap.add_argument("--detach", action="store_true", default=None, help="deploy and exit instead of blocking")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. app.max_batch_size=8")
     args = ap.parse_args(argv)
-    flags = []
-    if args.checkpoint:
-        flags.append(f"app.checkpoint={json.dumps(args.checkpoint)}")
-    if args.host:
-        flags.append(f"host={json.dumps(args.host)}")
-    if args.port is not None:
-        flags.append(f"port={args.port}")
-    if args.detach:
-        flags.append("detach=true")
-    return load_config(args.config, list(args.overrides) + flags, ServeJobConfig)
-
-
-def check_app_args(cfg: ServeJobConfig) -> dict:
-    """Validate the app arguments here, before Ray starts; a local checkpoint must exist."""
-    from medlm.checkpoint import check_checkpoint_dir
-    from pipeline.serve import ServeArgs
-
-    if not cfg.app.get("checkpoint"):
+    flags = {"app.checkpoint": args.checkpoint, "host": args.host, "port": args.port, "detach": args.detach}
+    data = merge(read_yaml(args.config), parse_overrides(args.overrides))
+    for key, value in flags.items():
+        if value is not None:
+            data = merge(data, _nest(key, value))
+    if not (data.get("app") or {}).get("checkpoint"):
         raise ConfigError("no checkpoint: pass --checkpoint DIR (or app.checkpoint=DIR)")
-    args = ServeArgs.parse(cfg.app).model_dump(exclude_none=True)
+    return build(ServeJobConfig, data)
+
+
+def _nest(dotted: str, value) -> dict:
+    *parents, last = dotted.split(".")
+    out = {last: value}
+    for p in reversed(parents):
+        out = {p: out}
+    return out
+
+
+def check_app_args(cfg: ServeJobConfig) -> ServeArgs:
+    """The parsed app arguments; a local checkpoint must exist (checked here, before Ray starts)."""
+    from medlm.checkpoint import check_checkpoint_dir
+
+    app = cfg.app
     if not os.environ.get("RAY_ADDRESS"):  # on a cluster the path may exist only on the GPU workers
-        args["checkpoint"] = str(check_checkpoint_dir(args["checkpoint"]).resolve())
-    return args
+        app = app.model_copy(update={"checkpoint": str(check_checkpoint_dir(app.checkpoint).resolve())})
+    return app
 
 
 def _interrupt(signum, frame) -> None:
@@ -99,7 +106,7 @@ def cli(argv: list[str]) -> int:
     said = connect_ray(num_cpus=cfg.num_cpus)
     if said:
         _say(said)
-    _say(f"deploying {app_args['checkpoint']} (loading the model on each replica) ...")
+    _say(f"deploying {app_args.checkpoint} (loading the model on each replica) ...")
     url = run_local(app_args, host=cfg.host, port=cfg.port, app_name=cfg.app_name, route_prefix=cfg.route_prefix)
     _say(f"ready at {url}  (POST /v1/refine, /v1/chat/completions, /v1/completions; GET /v1/models, /docs)")
     _say(f"playground: open {url}/ in a browser")

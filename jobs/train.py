@@ -29,8 +29,8 @@ def cli(argv: list[str]) -> int:
     from pipeline.train import TrainConfig
 
     try:
-        cfg = load_config(args.config, args.overrides, TrainConfig).check()
-    except (ConfigError, ValueError, TypeError) as e:
+        cfg = load_config(args.config, args.overrides, TrainConfig)  # typed, range-checked, TrainConfig.check()
+    except ConfigError as e:
         print(f"medlm train: {e}", file=sys.stderr)
         return 2
 

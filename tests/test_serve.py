@@ -107,7 +107,7 @@ def test_serve_configs_match_the_app_arguments(checkpoint):
     assert ServeArgs.parse(app["args"]).checkpoint == app["args"]["checkpoint"]
     assert [d["name"] for d in app["deployments"]] == [DEPLOYMENT_NAME]
     cfg = build_config(["--checkpoint", str(checkpoint), "app.max_batch_size=4"])
-    assert cfg.host == "127.0.0.1" and check_app_args(cfg)["max_batch_size"] == 4
+    assert cfg.host == "127.0.0.1" and check_app_args(cfg).max_batch_size == 4
     with pytest.raises(ValueError, match="max_batch_sise"):
         ServeArgs.parse({"checkpoint": "x", "max_batch_sise": 4})
     assert default_steps(64) == (16, 4) and default_steps(1) == (1, 1)

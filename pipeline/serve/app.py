@@ -301,11 +301,13 @@ class MedlmServer:
 # ---------------------------------------------------------------- entry points
 
 
-def build_app(args: dict) -> serve.Application:
-    """Serve import path: ``args`` as in :class:`pipeline.serve.api.ServeArgs` (``checkpoint`` required).
+def build_app(args: ServeArgs) -> serve.Application:
+    """Serve import path: a typed application builder (``checkpoint`` required).
 
-    Deployment options given in ``args`` override the code defaults; a Serve config file's
-    ``deployments:`` section overrides both.
+    Serve parses a config file's ``args:`` into :class:`pipeline.serve.api.ServeArgs` once, from this
+    annotation, before calling it; ``medlm serve`` passes the ``ServeArgs`` it parsed; a plain dict is
+    parsed here. Deployment options given in ``args`` override the code defaults; a Serve config
+    file's ``deployments:`` section overrides both.
     """
     parsed = ServeArgs.parse(args)
     options = {k: getattr(parsed, k) for k in ("num_replicas", "max_ongoing_requests", "max_queued_requests",
@@ -323,16 +325,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def run_local(args: dict, host: str = "127.0.0.1", port: int = 8000, app_name: str = "medlm",
+def run_local(args: ServeArgs | dict, host: str = "127.0.0.1", port: int = 8000, app_name: str = "medlm",
               route_prefix: str = "/") -> str:
     """Start Serve's HTTP proxy on ``host:port`` (``port=0``: a free one), deploy the app, wait until
     it answers, and return its base URL. Connects to the running Ray (or ``RAY_ADDRESS``), else
     starts a local one."""
-    if args.get("checkpoint"):  # a local path: fail here, by name, before any replica tries
-        args = {**args, "checkpoint": str(check_checkpoint_dir(args["checkpoint"]).resolve())}
+    parsed = ServeArgs.parse(args)
+    # a local path: fail here, by name, before any replica tries
+    parsed = parsed.model_copy(update={"checkpoint": str(check_checkpoint_dir(parsed.checkpoint).resolve())})
     connect_ray()
     port = port or free_port(host)
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(args), name=app_name, route_prefix=route_prefix)
+    serve.run(build_app(parsed), name=app_name, route_prefix=route_prefix)
     prefix = "" if route_prefix == "/" else route_prefix.rstrip("/")
     return f"http://{host}:{port}{prefix}"

@@ -3,7 +3,7 @@
 Why: the paper's claim is a comparison at equal cost. A *budget* is a number of forward passes
 (NFE) per sample; "full" is one token per step (``gen_len`` mask steps). At each fraction of it the
 mask-only decoder spends everything on mask steps while mask+edit splits the same total, 3/4 mask
-and 1/4 edit by default (the split that worked best in DESIGN.md). Every sample is graded twice:
+and 1/4 edit by default (the split docs/design.md describes). Every sample is graded twice:
 its draft (before editing) and its refined text (after), so the gain from editing is visible
 per sample, not only in aggregate.
 

@@ -75,6 +75,10 @@ class DemoConfig:
 
     def fingerprint(self, *names: str) -> str:
         data = {n: getattr(self, n) for n in names}
+        if "preset" in names:  # a preset whose definition changed must not reuse a model trained from the old one
+            from medlm.modeling import PRESETS
+
+            data["preset_definition"] = PRESETS.get(self.preset)
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def check(self) -> "DemoConfig":

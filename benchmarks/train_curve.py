@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -53,6 +54,9 @@ def main(argv=None) -> int:
     ap.add_argument("--decode-every", type=int, default=3, help="decode eval every N probes")
     ap.add_argument("--valid", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--drill-frac", type=float, default=0.0,
+                    help="fraction of examples that are arithmetic drills (facts drawn from training answers)")
+    ap.add_argument("--tie", action="store_true", help="tie the token head to the input embeddings")
     ap.add_argument("--save", default=None, help="save the trained model here (medlm checkpoint)")
     args = ap.parse_args(argv)
 
@@ -61,10 +65,14 @@ def main(argv=None) -> int:
     tok = build_default_tokenizer()
     sp = special_ids(tok)
     model = MedlmForEditing(MedlmConfig.preset(args.preset, vocab_size=len(tok)))
+    if args.tie:
+        model.token_head.weight = model.embed_tokens.weight
     train = generate_problems(args.problems, seed=args.seed, split="train")
     valid = generate_problems(args.valid, seed=args.seed, split="valid")
     prompts = [chat_prompt_ids(tok, p.question) for p in train]
     answers = [[response_ids(tok, a) for a in p.answers] for p in train]
+    facts = [m.group(0) for p in train for a in p.answers for m in re.finditer(r"\d+ [-+*] \d+ = \d+", a)]
+    drill_prompt = chat_prompt_ids(tok, "How many ?")
     samples = [{"id": p.id, "prompt": p.question, "reference": {"answers": list(p.answers), "final": p.final}}
                for p in valid]
     total_steps = int(args.minutes * 60 * args.tokens_per_s / args.step_tokens)
@@ -82,8 +90,12 @@ def main(argv=None) -> int:
             if not order:
                 order = list(range(len(train)))
                 rng.shuffle(order)
-            i = order.pop()
-            ex = mask_example(prompts[i], rng.choice(answers[i]), sp, rng, gen_len=args.gen_len)
+            if args.drill_frac and rng.random() < args.drill_frac:
+                text = " . ".join(rng.choice(facts) for _ in range(7)) + " ."
+                ex = mask_example(drill_prompt, response_ids(tok, text), sp, rng, gen_len=args.gen_len)
+            else:
+                i = order.pop()
+                ex = mask_example(prompts[i], rng.choice(answers[i]), sp, rng, gen_len=args.gen_len)
             batch.append(ex)
             n += len(ex["input_ids"])
         packed = collate(batch)

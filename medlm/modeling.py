@@ -43,9 +43,12 @@ PRESETS: dict[str, dict] = {
     # tests: < 1M parameters with a 1k vocabulary
     "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=256),
-    # CPU demo: a few million parameters
+    # CPU demo: a few million parameters. The token head is tied to the input embeddings: the toy task
+    # copies numbers from the question, and with a tied head a number attended to is already the logit
+    # of that number; untied, the copy plateau lasted about twice as many steps
+    # (docs/toy-task.md, "Training recipe").
     "small": dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=6,
-                  num_key_value_heads=6, max_position_embeddings=512),
+                  num_key_value_heads=6, max_position_embeddings=512, tie_word_embeddings=True),
     # config only: the real model is downloaded and converted on the user's cluster
     "llada-8b": dict(vocab_size=126464, hidden_size=4096, intermediate_size=12288, num_hidden_layers=32,
                      num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
@@ -261,6 +264,8 @@ class MedlmForEditing(PreTrainedModel):
     base_model_prefix = "medlm"
     supports_gradient_checkpointing = False
     _no_split_modules = ["Block"]
+    # used only when config.tie_word_embeddings (the small preset); LLaDA-8B keeps separate matrices
+    _tied_weights_keys = {"token_head.weight": "embed_tokens.weight"}
     _supports_sdpa = True
     _supports_flash_attn = True  # flash_attn_varlen_func over the packed row
     _supports_flash_attn_2 = True  # the same, under the name transformers 4.x reads

@@ -78,6 +78,10 @@ class DemoConfig:
 
     def fingerprint(self, *names: str) -> str:
         data = {n: getattr(self, n) for n in names}
+        if "preset" in names:  # a preset whose definition changed must not reuse a model trained from the old one
+            from medlm.modeling import PRESETS
+
+            data["preset_definition"] = PRESETS.get(self.preset)
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def check(self) -> "DemoConfig":
@@ -130,7 +134,10 @@ class Stages:
         self.say = say
         self.timings: dict[str, float] = {}
 
-    def run(self, name: str, fingerprint: str, fn: Callable[[], dict]) -> dict:
+    def run(self, name: str, fingerprint: str, fn: Callable[[], dict], work: Optional[Path] = None) -> dict:
+        """``work`` is the folder the stage writes. An interrupted attempt with the same fingerprint resumes
+        from it (Ray Train resumes from its last checkpoint); one started under other settings is deleted
+        first, so a changed recipe never resumes from a checkpoint of the old one."""
         marker = self.dir / f"{name}.json"
         if marker.exists():
             saved = json.loads(marker.read_text())
@@ -138,6 +145,14 @@ class Stages:
                 self.say(f"[demo] {name}: reusing the finished stage ({marker})")
                 self.timings[name] = float(saved.get("seconds", 0.0))  # what the stage cost when it ran
                 return saved["result"]
+        started = self.dir / f"{name}.started"
+        if work is not None and work.exists():
+            if not started.exists() or started.read_text().strip() != fingerprint:
+                self.say(f"[demo] {name}: settings changed; discarding the earlier attempt in {work}")
+                shutil.rmtree(work)
+            else:
+                self.say(f"[demo] {name}: resuming the interrupted attempt in {work}")
+        started.write_text(fingerprint + "\n")
         self.say(f"[demo] {name}: running")
         t = time.perf_counter()
         result = fn()
@@ -206,6 +221,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
         "train_base", stages_fp(cfg, data, *common, "base_steps", "base_lr", "base_min_lr"),
         lambda: _train(cfg, out, run_name="base", preset=cfg.preset, tokenizer=data["tokenizer"], objective="mask",
                        sources=[data["train"]], max_steps=cfg.base_steps, lr=cfg.base_lr, min_lr=cfg.base_min_lr),
+        work=out / "train" / "base",
     )
 
     # 3. drafts of the base model, aligned to the closest valid reference, into Parquet shards
@@ -219,7 +235,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
         ), say=say)
         return _draft_result(summary)
 
-    drafts = stages.run("drafts", stages_fp(cfg, base, "draft_rows", "gen_len", "tokens_per_step"), make_drafts)
+    drafts = stages.run("drafts", stages_fp(cfg, base, "draft_rows", "gen_len", "tokens_per_step"), make_drafts,
+                        work=out / "drafts")
 
     # 4. refiner: the same network on the mask + edit mixture, starting from the base model
     refined = stages.run(
@@ -227,6 +244,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
         lambda: _train(cfg, out, run_name="refiner", init_from=base["export_dir"], objective="mixture",
                        mix_ratio=cfg.mix_ratio, sources=[data["train"]], draft_runs=[drafts["run_dir"]],
                        max_steps=cfg.refine_steps, lr=cfg.refine_lr, min_lr=cfg.refine_min_lr),
+        work=out / "train" / "refiner",
     )
     first_refiner = refined
 
@@ -246,6 +264,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
             lambda: _train(cfg, out, run_name="refiner2", init_from=first_refiner["export_dir"], objective="mixture",
                            mix_ratio=cfg.mix_ratio, sources=[data["train"]], draft_runs=[drafts["run_dir"]],
                            max_steps=cfg.regenerate_steps, lr=cfg.refine_lr / 3, min_lr=cfg.refine_min_lr),
+            work=out / "train" / "refiner2",
         )
 
     # 5. the step-budget table on held-out problems: the base model decodes mask-only, the refiner

@@ -48,6 +48,20 @@ def test_presets_and_sizes(tok):
         MedlmConfig.preset("huge")
 
 
+def test_small_preset_ties_the_token_head_and_keeps_it_tied_through_a_checkpoint(tok, tmp_path):
+    small = new_model("small", tok)
+    assert small.token_head.weight is small.embed_tokens.weight
+    assert not MedlmConfig.preset("llada-8b").tie_word_embeddings  # converted LLaDA keeps its own head
+    tiny = new_model("tiny", tok)
+    assert tiny.token_head.weight is not tiny.embed_tokens.weight
+    with torch.no_grad():
+        small.embed_tokens.weight[5].fill_(0.5)
+    save_checkpoint(small, tok, tmp_path / "ck")
+    again, _ = load_checkpoint(tmp_path / "ck")
+    assert again.token_head.weight is again.embed_tokens.weight
+    assert float(again.token_head.weight[5, 0].detach()) == 0.5
+
+
 def test_packed_forward_equals_separate_forwards(model):
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randint(6, 500, (n,), generator=g) for n in (5, 9, 1, 13)]

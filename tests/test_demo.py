@@ -54,3 +54,29 @@ def test_comparison_reports_deltas_in_points_at_every_fraction():
     assert eighth["right_points_vs_full_mask_only"] == pytest.approx(-2.0)
     assert eighth["valid_points_from_editing"] == pytest.approx(65.0)
     assert len(comparison_lines(comparison)) == 4
+
+
+def test_a_stage_resumes_its_own_interrupted_attempt_but_not_one_started_under_other_settings(tmp_path):
+    from pipeline.demo import Stages
+
+    said: list[str] = []
+    stages = Stages(tmp_path, said.append)
+    work = tmp_path / "train" / "base"
+
+    def interrupted():
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "checkpoint").write_text("step 100")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        stages.run("train_base", "fp-a", interrupted, work=work)
+    # same settings: the attempt's folder is kept for the trainer to resume from
+    assert stages.run("train_base", "fp-a", lambda: {"resumed": (work / "checkpoint").exists()}, work=work) == {
+        "resumed": True}
+    assert any("resuming" in line for line in said)
+    # finished: reused without running
+    assert stages.run("train_base", "fp-a", lambda: pytest.fail("ran again"), work=work) == {"resumed": True}
+    # other settings: the old folder (and its checkpoint) is gone before the stage runs
+    assert stages.run("train_base", "fp-b", lambda: {"resumed": (work / "checkpoint").exists()}, work=work) == {
+        "resumed": False}
+    assert any("settings changed" in line for line in said)

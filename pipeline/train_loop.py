@@ -233,7 +233,9 @@ class Worker:
         """Gather the full weights and let rank 0 write them as a medlm checkpoint (atomically)."""
         module = self.engine.module
         state = {}
-        for name, param in module.named_parameters():
+        # remove_duplicate=False: a tied token head shares the embedding's tensor and would otherwise be
+        # missing from the state
+        for name, param in module.named_parameters(remove_duplicate=False):
             with self.deepspeed.zero.GatheredParameters([param], modifier_rank=None):
                 if self.rank == 0:
                     state[name] = param.detach().to("cpu", copy=True)
@@ -242,6 +244,8 @@ class Worker:
         with torch.device("meta"):
             fresh = MedlmForEditing(self.model_config)
         fresh.load_state_dict(state, strict=True, assign=True)
+        if self.model_config.tie_word_embeddings:
+            fresh.tie_weights()  # assign=True gave the head its own copy; share the tensor again
         target = self.cfg.export_path()
         staging = target.with_name(target.name + ".tmp")
         shutil.rmtree(staging, ignore_errors=True)

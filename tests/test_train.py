@@ -26,7 +26,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from jobs.config import ConfigError, load_config  # noqa: E402
-from medlm.checkpoint import load_checkpoint  # noqa: E402
+from medlm.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from medlm.modeling import MedlmForEditing  # noqa: E402
 from medlm.edits import count_edits, edit_distance, edit_labels  # noqa: E402
 from medlm.losses import mixture_loss  # noqa: E402
 from medlm.packing import collate, mask_example  # noqa: E402
@@ -108,6 +109,10 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     checkpoint = root / "tiny"
     assert init_cli(["--preset", "tiny", "--out", str(checkpoint)]) == 0
+    # tie the token head as the small preset does, so every ZeRO stage's resume and export see a shared tensor
+    untied, tok = load_checkpoint(checkpoint)
+    untied.config.tie_word_embeddings = True
+    save_checkpoint(MedlmForEditing(untied.config), tok, checkpoint)
     problems = generate_problems(24, seed=0)
     toy = root / "toy.jsonl"
     write_jsonl(problems, toy)
@@ -213,6 +218,8 @@ def test_zero2_mask_loss_decreases_on_fixed_set(mask_run, workspace):
         with torch.no_grad():
             losses[name] = float(mixture_loss(model, batch)["mask_loss"])
     assert losses["trained"] < 0.85 * losses["start"], losses
+    trained, _ = load_checkpoint(mask_run["export_dir"])
+    assert trained.token_head.weight is trained.embed_tokens.weight  # the export keeps the head tied
 
 
 @pytest.mark.slow  # a Ray Train worker group start-up is 20-60 s on two shared cores

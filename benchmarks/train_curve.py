@@ -25,14 +25,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medlm.losses import mixture_loss  # noqa: E402
 from medlm.evaluation import Budget, evaluate_samples, summarise  # noqa: E402
 from medlm.modeling import MedlmConfig, MedlmForEditing  # noqa: E402
 from medlm.packing import collate, mask_example  # noqa: E402
 from medlm.probe import number_probe  # noqa: E402
 from medlm.tasks.toy import generate_problems  # noqa: E402
 from medlm.tokenizer import build_default_tokenizer, chat_prompt_ids, response_ids, special_ids  # noqa: E402
-from medlm.schedule import cosine_lr  # noqa: E402
+from medlm.trainer import train_local  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -56,7 +55,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--drill-frac", type=float, default=0.0,
                     help="fraction of examples that are arithmetic drills (facts drawn from training answers)")
-    ap.add_argument("--tie", action="store_true", help="tie the token head to the input embeddings")
+    ap.add_argument("--untie", action="store_true", help="separate token head even if the preset ties it")
     ap.add_argument("--save", default=None, help="save the trained model here (medlm checkpoint)")
     args = ap.parse_args(argv)
 
@@ -64,9 +63,8 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     tok = build_default_tokenizer()
     sp = special_ids(tok)
-    model = MedlmForEditing(MedlmConfig.preset(args.preset, vocab_size=len(tok)))
-    if args.tie:
-        model.token_head.weight = model.embed_tokens.weight
+    extra = {"tie_word_embeddings": False} if args.untie else {}
+    model = MedlmForEditing(MedlmConfig.preset(args.preset, vocab_size=len(tok), **extra))
     train = generate_problems(args.problems, seed=args.seed, split="train")
     valid = generate_problems(args.valid, seed=args.seed, split="valid")
     prompts = [chat_prompt_ids(tok, p.question) for p in train]
@@ -76,15 +74,12 @@ def main(argv=None) -> int:
     samples = [{"id": p.id, "prompt": p.question, "reference": {"answers": list(p.answers), "final": p.final}}
                for p in valid]
     total_steps = int(args.minutes * 60 * args.tokens_per_s / args.step_tokens)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     rng = random.Random(args.seed)
     order: list[int] = []
-    curve, t0, train_s, tokens, seqs, next_probe, probes = [], time.perf_counter(), 0.0, 0, 0, 0.0, 0
-    print(f"[curve] {args.name}: {total_steps} steps of ~{args.step_tokens} tokens, lr {args.lr} -> {args.min_lr}",
-          flush=True)
-    losses: list[float] = []
-    for step in range(total_steps):
-        t_step = time.perf_counter()
+
+    def next_batch(step: int):
+        """~``step_tokens`` of mask examples, each a random valid phrasing (or an arithmetic drill)."""
+        nonlocal order
         batch, n = [], 0
         while n < args.step_tokens:
             if not order:
@@ -98,38 +93,47 @@ def main(argv=None) -> int:
                 ex = mask_example(prompts[i], rng.choice(answers[i]), sp, rng, gen_len=args.gen_len)
             batch.append(ex)
             n += len(ex["input_ids"])
-        packed = collate(batch)
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, base_lr=args.lr, warmup=args.warmup, total=total_steps, min_lr=args.min_lr)
-        loss = mixture_loss(model, packed)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        train_s += time.perf_counter() - t_step
-        tokens += packed.n_tokens
-        seqs += len(batch)
-        losses.append(float(loss.detach()))
-        if train_s >= next_probe or step == total_steps - 1:
-            probes += 1
-            rec = {"step": step, "train_min": train_s / 60, "sequences": seqs, "tokens_per_s": tokens / train_s,
-                   "lr": opt.param_groups[0]["lr"], "loss": sum(losses[-50:]) / len(losses[-50:]),
-                   "probe": number_probe(model, tok, valid, gen_len=args.gen_len)}
-            if probes % args.decode_every == 0 or step == total_steps - 1:
-                for label, steps in (("full", args.gen_len), ("eighth", max(1, args.gen_len // 8))):
-                    recs = evaluate_samples(model, tok, samples, Budget.of(steps, 0, args.gen_len), "toy",
-                                            batch_size=50, seed=args.seed)
-                    s = summarise(recs)
-                    rec[label] = {k: s.get(k) for k in ("accuracy_after", "valid_after", "skeleton_valid_after")}
-                model.train()
-            curve.append(rec)
-            pr = rec["probe"]
-            extra = "".join(f"  {lab}: right {rec[lab]['accuracy_after']:.2f} valid {rec[lab]['valid_after']:.2f}"
-                            f" skel {rec[lab].get('skeleton_valid_after') or 0:.2f}" for lab in ("full", "eighth") if lab in rec)
-            print(f"[curve] {rec['train_min']:5.1f} min step {step} loss {rec['loss']:.3f} lr {rec['lr']:.1e} "
-                  f"{rec['tokens_per_s']:.0f} tok/s  copy {pr['copy']:.2f} arith {pr['arith']:.2f} word {pr['word']:.2f}"
-                  f"{extra}", flush=True)
-            next_probe = train_s + args.probe_every
+        state["seqs"] += len(batch)
+        return collate(batch)
+
+    # training minutes exclude the probes and decodes, which on_log runs between steps
+    state = {"seqs": 0, "losses": [], "probe_s": 0.0, "next_probe": 0.0, "probes": 0, "t0": time.perf_counter()}
+    curve: list[dict] = []
+
+    def on_log(step_rec: dict) -> None:
+        t_in = time.perf_counter()
+        state["losses"].append(step_rec["loss"])
+        step, train_s = step_rec["step"], t_in - state["t0"] - state["probe_s"]
+        if train_s < state["next_probe"] and step != total_steps - 1:
+            return
+        state["probes"] += 1
+        losses = state["losses"][-50:]
+        rec = {"step": step, "train_min": train_s / 60, "sequences": state["seqs"],
+               "tokens_per_s": step_rec["tokens_per_s"] * (t_in - state["t0"]) / train_s,
+               "lr": step_rec["lr"], "loss": sum(losses) / len(losses),
+               "probe": number_probe(model, tok, valid, gen_len=args.gen_len)}
+        if state["probes"] % args.decode_every == 0 or step == total_steps - 1:
+            for label, steps in (("full", args.gen_len), ("eighth", max(1, args.gen_len // 8))):
+                recs = evaluate_samples(model, tok, samples, Budget.of(steps, 0, args.gen_len), "toy",
+                                        batch_size=50, seed=args.seed)
+                s = summarise(recs)
+                rec[label] = {k: s.get(k) for k in ("accuracy_after", "valid_after", "skeleton_valid_after")}
+        model.train()
+        curve.append(rec)
+        pr = rec["probe"]
+        extra = "".join(f"  {lab}: right {rec[lab]['accuracy_after']:.2f} valid {rec[lab]['valid_after']:.2f}"
+                        f" skel {rec[lab].get('skeleton_valid_after') or 0:.2f}" for lab in ("full", "eighth") if lab in rec)
+        print(f"[curve] {rec['train_min']:5.1f} min step {step} loss {rec['loss']:.3f} lr {rec['lr']:.1e} "
+              f"{rec['tokens_per_s']:.0f} tok/s  copy {pr['copy']:.2f} arith {pr['arith']:.2f} word {pr['word']:.2f}"
+              f"{extra}", flush=True)
+        state["next_probe"] = train_s + args.probe_every
+        state["probe_s"] += time.perf_counter() - t_in
+
+    print(f"[curve] {args.name}: {total_steps} steps of ~{args.step_tokens} tokens, lr {args.lr} -> {args.min_lr}",
+          flush=True)
+    t0 = state["t0"]
+    train_local(model, next_batch, total_steps, lr=args.lr, warmup=args.warmup, min_lr=args.min_lr,
+                weight_decay=0.01, clip=1.0, log_every=1, on_log=on_log)
     if args.save:
         model.save_pretrained(args.save)
         tok.save_pretrained(args.save)

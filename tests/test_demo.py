@@ -80,3 +80,37 @@ def test_a_stage_resumes_its_own_interrupted_attempt_but_not_one_started_under_o
     assert stages.run("train_base", "fp-b", lambda: {"resumed": (work / "checkpoint").exists()}, work=work) == {
         "resumed": False}
     assert any("settings changed" in line for line in said)
+
+
+def test_a_resumed_stage_counts_the_time_of_its_interrupted_attempts(tmp_path):
+    """stages_seconds once counted only a stage's last attempt: a base stage that trained 35 minutes,
+    failed at its export and was resumed reported 118 s."""
+    import json
+    import os
+    import time
+
+    from pipeline.demo import Stages
+
+    stages = Stages(tmp_path, lambda line: None)
+    work = tmp_path / "train" / "base"
+
+    def interrupted():
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "checkpoint").write_text("step 100")
+        raise KeyboardInterrupt
+
+    for _ in range(2):  # two interrupted attempts, each "ran" 600 s until its last write
+        with pytest.raises(KeyboardInterrupt):
+            stages.run("train_base", "fp-a", interrupted, work=work)
+        marker = tmp_path / "stages" / "train_base.started"
+        saved = json.loads(marker.read_text())
+        saved["started"] = time.time() - 600
+        marker.write_text(json.dumps(saved))
+        os.utime(work / "checkpoint", (time.time(), time.time()))
+    stages.run("train_base", "fp-a", lambda: {"ok": True}, work=work)
+    assert 1199 < stages.timings["train_base"] < 1300
+    saved = json.loads((tmp_path / "stages" / "train_base.json").read_text())
+    assert 1199 < saved["earlier_attempts_seconds"] < 1300
+    # a stage that was never interrupted counts only its own run
+    stages.run("evaluate", "fp-e", lambda: {}, work=tmp_path / "eval")
+    assert stages.timings["evaluate"] < 60

@@ -13,6 +13,13 @@ run (without C=16 in ``--concurrency`` they are reported as not measured):
     python benchmarks/bench_serve.py                        # tiny random checkpoint made here; ~10 min on 2 cores
     python benchmarks/bench_serve.py --checkpoint CKPT --reps 5
     python benchmarks/bench_serve.py --quick                # smoke run, bench_serve.smoke.json
+    python benchmarks/bench_serve.py --profile              # in-process, no Ray: bench_serve_profile.json
+
+``--profile`` says what batching can gain before any HTTP: in one process with the replicas' torch
+threads, it decodes C = 16 requests (the same prompts, seeds and budget) one at a time and packed
+together, and reports CPU time per request, split into model forward and sampler bookkeeping, plus a
+forward of one sequence against one of C (its fixed part and the cost each added sequence brings).
+CPU time, not wall time: the split stays usable on a busy machine, where the throughput goal is not.
 """
 
 from __future__ import annotations
@@ -107,6 +114,90 @@ def make_checkpoint(preset: str) -> Path:
     return out
 
 
+def decode_split(model, tok, budget: dict, n: int, reps: int) -> dict:
+    """CPU ms per request of ``generate`` for n requests one at a time ("alone") and in one packed batch
+    ("packed"), each split into model forward and sampler bookkeeping; repeats interleaved, medians."""
+    from benchmarks.bench_sampling import TimedModel
+    from medlm.sampling import DecodeConfig, generate
+    from medlm.tokenizer import chat_prompt_ids, special_ids
+
+    sp = special_ids(tok)
+    timed = TimedModel(model, clock=time.process_time)
+    ids = [chat_prompt_ids(tok, prompt=q) for q in prompts(n)]
+    cfgs = [DecodeConfig(gen_len=budget["max_new_tokens"], mask_steps=budget["mask_steps"],
+                         edit_steps=budget["edit_steps"], seed=i) for i in range(n)]
+    groups = {"alone": [[i] for i in range(n)], "packed": [list(range(n))]}
+
+    def once(mode: str) -> tuple[float, float]:
+        timed.seconds = 0.0
+        t0 = time.process_time()
+        for g in groups[mode]:
+            generate(timed, [ids[i] for i in g], [cfgs[i] for i in g], sp)
+        return (time.process_time() - t0) / n, timed.seconds / n
+
+    once("packed")  # warm-up
+    runs: dict[str, list] = {m: [] for m in groups}
+    for r in range(reps):
+        for mode in (("alone", "packed") if r % 2 == 0 else ("packed", "alone")):
+            runs[mode].append(once(mode))
+    out = {}
+    for mode, rs in runs.items():
+        total, forward = statistics.median(t for t, _ in rs), statistics.median(f for _, f in rs)
+        out[mode] = {"ms_per_request": round(1e3 * total, 2), "forward_ms": round(1e3 * forward, 2),
+                     "sampler_ms": round(1e3 * (total - forward), 2)}
+    out["packed_gain_per_request"] = round(out["alone"]["ms_per_request"] / out["packed"]["ms_per_request"], 2)
+    return out
+
+
+def forward_split(model, tok, budget: dict, n: int, reps: int) -> dict:
+    """CPU ms of one forward over one sequence and over n packed ones (prompt + masked response, logits on
+    the response, as a first mask step): the fixed part of a forward and what each added sequence costs.
+    Batching can divide only the fixed part, so one sequence's forward over an added one's bounds its gain."""
+    import torch
+
+    from medlm.packing import pack
+    from medlm.tokenizer import chat_prompt_ids, special_ids
+
+    gen = budget["max_new_tokens"]
+    seqs = [chat_prompt_ids(tok, prompt=q) + [special_ids(tok).mask] * gen for q in prompts(n)]
+
+    def once(k: int) -> float:
+        ids, cu = pack(seqs[:k])
+        index = torch.cat([torch.arange(e - gen, e) for e in cu[1:].tolist()])
+        t0 = time.process_time()
+        with torch.no_grad():
+            model(ids, cu_seqlens=cu, logits_index=index, return_insert=False)
+        return time.process_time() - t0
+
+    once(n)  # warm-up
+    one = statistics.median(once(1) for _ in range(reps * n))
+    many = statistics.median(once(n) for _ in range(reps))
+    per_seq = (many - one) / (n - 1)
+    return {"one_sequence_ms": round(1e3 * one, 3), f"{n}_sequences_ms": round(1e3 * many, 3),
+            "per_added_sequence_ms": round(1e3 * per_seq, 3), "fixed_ms": round(1e3 * (one - per_seq), 3),
+            "gain_ceiling": round(one / per_seq, 2)}
+
+
+def profile(ckpt: Path, budget: dict, torch_threads: int, reps: int) -> dict:
+    """In-process, no Ray: what packing GOAL_C requests gains per request (see the module docstring)."""
+    import torch
+
+    from medlm.checkpoint import load_checkpoint
+
+    torch.set_num_threads(torch_threads)
+    model, tok = load_checkpoint(ckpt)
+    decode = decode_split(model, tok, budget, GOAL_C, reps)
+    forward = forward_split(model, tok, budget, GOAL_C, reps)
+    a, p = decode["alone"], decode["packed"]
+    say(f"CPU ms per request, {GOAL_C} alone vs packed: {a['ms_per_request']} vs {p['ms_per_request']} "
+        f"({decode['packed_gain_per_request']}x); forward {a['forward_ms']} vs {p['forward_ms']}, "
+        f"sampler {a['sampler_ms']} vs {p['sampler_ms']}")
+    say(f"one forward: {forward['one_sequence_ms']} ms for one sequence = {forward['fixed_ms']} fixed + "
+        f"{forward['per_added_sequence_ms']} per sequence; batching gains at most {forward['gain_ceiling']}x on it")
+    return {"clock": "process CPU time (time.process_time)", "requests": GOAL_C, "budget": budget,
+            "torch_threads": torch_threads, "reps": reps, "decode": decode, "forward": forward}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, help="default: a random checkpoint of --preset made here")
@@ -118,12 +209,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mask-steps", type=int, default=16)
     ap.add_argument("--edit-steps", type=int, default=4)
     ap.add_argument("--torch-threads", type=int, default=1, help="per replica (the proxy and clients need a core)")
-    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/bench_serve[.smoke].json")
+    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/bench_serve[_profile][.smoke].json")
+    ap.add_argument("--profile", action="store_true",
+                    help="only the in-process split of batch-1 vs batched decoding (no Ray, no HTTP)")
     add_quick_flag(ap)
     args = ap.parse_args(argv)
     if args.quick:  # one short round at the goal's concurrency only
         args.concurrency, args.reps, args.requests = [GOAL_C], 1, GOAL_C
         args.max_new_tokens, args.mask_steps, args.edit_steps = 16, 4, 1
+    budget = {"max_new_tokens": args.max_new_tokens, "mask_steps": args.mask_steps, "edit_steps": args.edit_steps}
+    if args.profile:
+        started = start("bench_serve_profile")
+        payload = profile(args.checkpoint or make_checkpoint(args.preset), budget, args.torch_threads, args.reps)
+        write_result("bench_serve_profile", payload, started=started, quick=args.quick, out=args.out)
+        return 0
     started = start("bench_serve")
 
     import ray
@@ -134,7 +233,6 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.serve.batching import LINGER_FRACTION
 
     ckpt = args.checkpoint or make_checkpoint(args.preset)
-    budget = {"max_new_tokens": args.max_new_tokens, "mask_steps": args.mask_steps, "edit_steps": args.edit_steps}
     questions = prompts(64)
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)  # our own Ray, never a shared one
     runs: dict[str, dict[int, list[dict]]] = {m: {c: [] for c in args.concurrency} for m in MODES}

@@ -119,19 +119,19 @@ def apply_edits(
     return out
 
 
-def _as_int_lists(column) -> list[list[int]]:
-    """Accept a list of sequences or an Arrow (chunked) list array."""
+def _rows(column) -> list[Sequence[int]]:
+    """Rows of a list of sequences or of an Arrow (chunked) list array, not copied (edit_labels lists a non-list)."""
     if hasattr(column, "to_pylist"):
         return column.to_pylist()
-    return [list(x) for x in column]
+    return list(column)
 
 
 def edit_labels_batch(
     noisy: Iterable[Sequence[int]] | object, clean: Iterable[Sequence[int]] | object, *, del_id: int
 ) -> tuple[list[list[int]], list[list[int]]]:
     """``edit_labels`` over many pairs; inputs may be lists or pyarrow list arrays of equal length."""
-    noisy_rows = _as_int_lists(noisy)
-    clean_rows = _as_int_lists(clean)
+    noisy_rows = _rows(noisy)
+    clean_rows = _rows(clean)
     if len(noisy_rows) != len(clean_rows):
         raise ValueError(f"{len(noisy_rows)} drafts but {len(clean_rows)} references")
     token_targets, insert_targets = [], []

@@ -140,11 +140,13 @@ def test_labels_match_the_statement_on_edge_cases_unicode_and_long_pairs():
         assert edit_labels(noisy, clean, del_id=DEL) == position_by_position_labels(noisy, clean, DEL), (noisy, clean)
 
 
-def test_batch_form_accepts_lists_and_arrow():
+def test_batch_form_accepts_lists_tuples_and_arrow():
     noisy = [[1, 2, 3], [], [4, 4]]
     clean = [[1, 3], [5], [4, 4, 4]]
     expected = [edit_labels(a, b, del_id=DEL) for a, b in zip(noisy, clean)]
-    for n_in, c_in in [(noisy, clean), (pa.array(noisy, pa.list_(pa.int32())), pa.array(clean, pa.list_(pa.int32())))]:
+    tuples = ([tuple(x) for x in noisy], [tuple(x) for x in clean])
+    arrow = (pa.array(noisy, pa.list_(pa.int32())), pa.array(clean, pa.list_(pa.int32())))
+    for n_in, c_in in [(noisy, clean), tuples, arrow]:
         tts, its = edit_labels_batch(n_in, c_in, del_id=DEL)
         assert list(zip(tts, its)) == expected
     with pytest.raises(ValueError, match="2 drafts but 3 references"):

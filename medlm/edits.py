@@ -67,16 +67,16 @@ def edit_labels(noisy: Sequence[int], clean: Sequence[int], *, del_id: int) -> t
 
     ``token_target`` is ``clean`` with two kinds of splice: a region with surplus draft tokens gets
     their deletes at its end, a region with surplus reference tokens loses them (the first becomes
-    the insert). Between two matched blocks p - q is the change of the diagonal (block.a - block.b),
-    so only blocks where the diagonal changes cost Python work; going right to left keeps every
-    index still to visit in place.
+    its insert). Between two matched blocks p - q is the change of the diagonal (block.a - block.b),
+    so a splice is due only where the diagonal changes; walking the blocks right to left keeps the
+    indices still to visit in place.
     """
     noisy = noisy if isinstance(noisy, list) else list(noisy)
     clean = clean if isinstance(clean, list) else list(clean)
     token_target = clean[:]
     insert_target = [NO_INSERT] * (len(noisy) + 1)
     dels = (del_id,)  # a tuple: repeating it once makes no new object
-    end_a, end_b = len(noisy), len(clean)  # where the region being looked at ends: the last block seen
+    end_a, end_b = len(noisy), len(clean)  # end of the region being looked at: the block right of it
     diag = end_a - end_b
     blocks = Levenshtein.editops(noisy, clean).as_matching_blocks()  # ends with (len(noisy), len(clean), 0)
     blocks.insert(0, _ORIGIN)

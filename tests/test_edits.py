@@ -1,5 +1,7 @@
 """Canonical edit labels: golden tie-breaks, convergence properties, batch form, model encoding."""
 
+import random
+
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -76,32 +78,75 @@ def test_labels_are_shaped_and_deterministic(noisy, clean):
     assert r + d + i + left == Levenshtein.distance(noisy, clean)
 
 
-def region_by_region_labels(noisy, clean, del_id):
-    """The tie-break written out region by region (the slower form edit_labels had before its runs)."""
-    token_target, insert_target = list(noisy), [NO_INSERT] * (len(noisy) + 1)
+def position_by_position_labels(noisy, clean, del_id):
+    """The tie-break written out token by token from rapidfuzz's matched blocks: the plain statement."""
+    token_target, insert_target = [], [NO_INSERT] * (len(noisy) + 1)
     i = j = 0
     for block in Levenshtein.editops(noisy, clean).as_matching_blocks():
-        a, b = block.a, block.b
-        p, q = a - i, b - j
-        token_target[i : i + min(p, q)] = clean[j : j + min(p, q)]
-        token_target[i + min(p, q) : a] = [del_id] * max(0, p - q)
+        p, q = block.a - i, block.b - j
+        token_target += [clean[j + k] if k < q else del_id for k in range(p)]  # replace left to right, then delete
         if q > p:
-            insert_target[a] = clean[j + p]
-        i, j = a + block.size, b + block.size
+            insert_target[block.a] = clean[j + p]  # the first surplus reference token
+        token_target += clean[block.b : block.b + block.size]  # matched: the reference's own items
+        i, j = block.a + block.size, block.b + block.size
     return token_target, insert_target
 
 
 @settings(max_examples=500, deadline=None)
 @given(tokens, tokens)
-def test_labels_match_the_region_by_region_statement(noisy, clean):
-    assert edit_labels(noisy, clean, del_id=DEL) == region_by_region_labels(noisy, clean, DEL)
+def test_labels_match_the_position_by_position_statement(noisy, clean):
+    assert edit_labels(noisy, clean, del_id=DEL) == position_by_position_labels(noisy, clean, DEL)
 
 
-def test_batch_form_accepts_lists_and_arrow():
+def noisy_copy(rng, clean, rate):
+    """``clean`` with about ``rate`` of its tokens replaced, deleted or followed by an inserted token."""
+    noisy = []
+    for t in clean:
+        r = rng.random()
+        if r < rate / 3:
+            noisy.append(rng.randrange(32000))  # replaced
+        elif r < 2 * rate / 3:
+            pass  # deleted
+        elif r < rate:
+            noisy += [t, rng.randrange(32000)]  # kept, then one inserted
+        else:
+            noisy.append(t)
+    return noisy
+
+
+def labelled_pairs():
+    """Edge cases, then random pairs from tiny alphabets (many ties) to benchmark-sized ones."""
+    yield [], []
+    yield [], [3, 1, 4]  # all insert
+    yield [3, 1, 4], []  # all delete
+    yield [2, 7, 1, 8], [2, 7, 1, 8]  # identical
+    # unicode and huge ids; rapidfuzz matches items by hash (and 1-character strings by code point),
+    # so "a" ~ 97 and 2**61 - 1 ~ 0 count as matches: the labels then carry the reference's item
+    yield ["é", "字", 2**61 - 1, "a", "naïve"], ["字", "é", 0, 97, "naïve"]
+    yield [2**64 + 1, -1, -2, 10**30, 7], [1, -2, -1, 10**30, 2**63]
+    rng = random.Random(0)
+    for _ in range(400):
+        alphabet = rng.choice([2, 5, 50, 2**40])
+        yield ([rng.randrange(alphabet) for _ in range(rng.randrange(60))],
+               [rng.randrange(alphabet) for _ in range(rng.randrange(60))])
+    for rate in (0.05, 0.2, 0.6):
+        for _ in range(10):
+            clean = [rng.randrange(32000) for _ in range(512)]
+            yield noisy_copy(rng, clean, rate), clean
+
+
+def test_labels_match_the_statement_on_edge_cases_unicode_and_long_pairs():
+    for noisy, clean in labelled_pairs():
+        assert edit_labels(noisy, clean, del_id=DEL) == position_by_position_labels(noisy, clean, DEL), (noisy, clean)
+
+
+def test_batch_form_accepts_lists_tuples_and_arrow():
     noisy = [[1, 2, 3], [], [4, 4]]
     clean = [[1, 3], [5], [4, 4, 4]]
     expected = [edit_labels(a, b, del_id=DEL) for a, b in zip(noisy, clean)]
-    for n_in, c_in in [(noisy, clean), (pa.array(noisy, pa.list_(pa.int32())), pa.array(clean, pa.list_(pa.int32())))]:
+    tuples = ([tuple(x) for x in noisy], [tuple(x) for x in clean])
+    arrow = (pa.array(noisy, pa.list_(pa.int32())), pa.array(clean, pa.list_(pa.int32())))
+    for n_in, c_in in [(noisy, clean), tuples, arrow]:
         tts, its = edit_labels_batch(n_in, c_in, del_id=DEL)
         assert list(zip(tts, its)) == expected
     with pytest.raises(ValueError, match="2 drafts but 3 references"):

@@ -247,7 +247,9 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
 
     data = stages.run("data", cfg.fingerprint("seed", "train_problems", "draft_rows", "test_problems", "gen_len"),
                       make_data)
-    connect_ray(log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    # with a dashboard: Ray Train's placement-group cleaner polls the State API, which lives in it; without
+    # one it logs "Failed to query Ray Train Controller actor state" every second of training
+    connect_ray(log_to_driver=True, configure_logging=True, logging_level="WARNING", include_dashboard=True)
     common = ("seed", "preset", "gen_len", "num_workers", "cpus_per_worker", "zero_stage", "bucket_elements",
               "max_len", "micro_batch_rows")
 

@@ -151,16 +151,14 @@ class Stages:
                 return saved["result"]
         started = self.dir / f"{name}.started"
         earlier = _earlier_attempt(started, fingerprint)
+        spent = 0.0  # by interrupted attempts, each counted up to its last write in ``work``
         if work is not None and work.exists():
             if earlier is None:
                 self.say(f"[demo] {name}: settings changed; discarding the earlier attempt in {work}")
                 shutil.rmtree(work)
             else:
                 self.say(f"[demo] {name}: resuming the interrupted attempt in {work}")
-        # an interrupted attempt cannot record its own end: it is counted up to its last write in ``work``
-        spent = 0.0
-        if earlier is not None and work is not None and work.exists():
-            spent = earlier["before"] + max(0.0, _last_write(work) - earlier["started"])
+                spent = earlier["before"] + max(0.0, _last_write(work) - earlier["started"])
         write_text_atomic(started, json.dumps({"fingerprint": fingerprint, "started": time.time(), "before": spent}))
         self.say(f"[demo] {name}: running")
         t = time.perf_counter()

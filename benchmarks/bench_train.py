@@ -6,8 +6,10 @@ Part 1, speed (goal: each Ray configuration's steady-state tokens/s >= 0.8x the 
   ray_2x1   ``pipeline.train.driver.run_training`` as the demo calls it (objective mask, ``--rows-per-step``
             packed rows per worker and step as the demo's micro_batch_rows, no accumulation, no
             probe), 2 workers x 1 CPU, ZeRO-2;
-  ray_1x2   the same with 1 worker x 2 CPUs, ZeRO-2 (the worker sets torch threads = cpus_per_worker).
-All three start from the same checkpoint (``small`` preset, default tokenizer) and read the same toy
+  ray_1x2   1 worker x 2 CPUs, ZeRO stage 0 (the demo's: one rank has nothing to partition; the worker
+            sets torch threads = cpus_per_worker);
+  ray_1x2_zero2  the same worker at ZeRO-2, to show what partitioning's bookkeeping costs one rank.
+All start from the same checkpoint (``small`` preset, default tokenizer) and read the same toy
 rows through the same code: ``pipeline.common.sources.normalise_records`` -> ``medlm.packing``
 ``ExampleStream`` + ``Packer`` at the same ``max_len`` / ``gen_len``. The Ray runs use the DeepSpeed
 bucket sizes of the CPU config (``deepspeed_overrides`` in jobs/configs/train.yaml; the 2e8 of
@@ -63,7 +65,9 @@ sys.path.insert(0, str(REPO))
 from benchmarks.common import add_quick_flag, start, write_result  # noqa: E402
 
 MODES = ("ddp", "zero1", "zero2", "zero3")
-RAY_CONFIGS = {"ray_2x1": {"num_workers": 2, "cpus_per_worker": 1}, "ray_1x2": {"num_workers": 1, "cpus_per_worker": 2}}
+RAY_CONFIGS = {"ray_2x1": {"num_workers": 2, "cpus_per_worker": 1, "zero_stage": 2},
+               "ray_1x2": {"num_workers": 1, "cpus_per_worker": 2, "zero_stage": 0},
+               "ray_1x2_zero2": {"num_workers": 1, "cpus_per_worker": 2, "zero_stage": 2}}
 GOAL_STATE_RATIO = 0.6  # ZeRO-3 per-rank state, 2 ranks over 1 rank
 GOAL_SPEED_RATIO = 0.8  # Ray Train + DeepSpeed steady-state tokens/s over the plain loop
 CENSUS_BUCKET = 500_000  # elements (see the module docstring)
@@ -156,7 +160,7 @@ def run_ray(name: str, run_name: str, ckpt: Path, rows_file: Path, work: Path, o
     cfg = TrainConfig(
         run_name=run_name, storage_path=str(work / "train"), init_from=str(ckpt), objective="mask",
         sources=[str(rows_file)], max_len=args.max_len, gen_len=args.gen_len, micro_batch_rows=args.rows_per_step, grad_accum=1,
-        lr=args.lr, min_lr=args.lr / 10, warmup_steps=w, max_steps=w + args.steps, zero_stage=2,
+        lr=args.lr, min_lr=args.lr / 10, warmup_steps=w, max_steps=w + args.steps,
         deepspeed_overrides=overrides, checkpoint_every=w + args.steps, log_every=w, seed=0, max_failures=0,
         **RAY_CONFIGS[name],
     )
@@ -194,7 +198,7 @@ def speed_part(args, work: Path) -> dict:
                 r = (run_plain(ckpt, rows_file, args) if name == "plain"
                      else run_ray(name, f"{name}-rep{rep}", ckpt, rows_file, work, overrides, args))
                 runs[name].append(r)
-                print(f"[bench_train] repeat {rep + 1}/{args.repeats} {name:8s} steady {r['steady_tokens_per_s']:7.0f} tok/s "
+                print(f"[bench_train] repeat {rep + 1}/{args.repeats} {name:13s} steady {r['steady_tokens_per_s']:7.0f} tok/s "
                       f"start-up {r['startup_s']:5.1f} s tail {r['tail_s']:4.1f} s end-to-end "
                       f"{r['end_to_end_tokens_per_s']:7.0f} tok/s", flush=True)
     finally:
@@ -216,7 +220,7 @@ def speed_part(args, work: Path) -> dict:
     return {
         "settings": {"preset": args.preset, "max_len": args.max_len, "gen_len": args.gen_len, "toy_problems": args.problems,
                      "warmup_steps": args.warmup_steps, "timed_steps": args.steps, "repeats": args.repeats, "lr": args.lr,
-                     "objective": "mask", "rows_per_step_per_worker": args.rows_per_step, "grad_accum": 1, "zero_stage": 2,
+                     "objective": "mask", "rows_per_step_per_worker": args.rows_per_step, "grad_accum": 1,
                      "deepspeed_overrides": overrides, "ray_configs": {n: RAY_CONFIGS[n] for n in names if n in RAY_CONFIGS},
                      "plain_torch_threads": os.cpu_count(), "precision": "fp32"},
         "ray_init_s": ray_init_s,

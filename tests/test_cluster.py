@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 KUBERAY = sorted((CLUSTER / "kuberay").glob("*.yaml"))
 LAUNCHERS = sorted((CLUSTER / "launcher").glob("*.yaml"))
-DEEPSPEED = [CLUSTER / "deepspeed" / f"zero{s}.json" for s in (1, 2, 3)]
+DEEPSPEED = [CLUSTER / "deepspeed" / f"zero{s}.json" for s in (0, 1, 2, 3)]
 SERVE = CLUSTER / "serve.yaml"
 RUNTIME_ENV = CLUSTER / "runtime_env.yaml"
 
@@ -193,7 +193,7 @@ def test_validator_imports_are_runtime_dependencies():
 
 
 def test_check_cluster_command_names_the_problem(tmp_path, capsys):
-    bad = json.loads(DEEPSPEED[0].read_text())
+    bad = json.loads((CLUSTER / "deepspeed" / "zero1.json").read_text())
     bad["gradient_clip"] = 1.0
     p = tmp_path / "zero1.json"
     p.write_text(json.dumps(bad))
@@ -417,7 +417,7 @@ def test_reject_broken_launcher(tmp_path):
 
 
 def test_reject_broken_deepspeed(tmp_path):
-    base = json.loads(DEEPSPEED[1].read_text())
+    base = json.loads((CLUSTER / "deepspeed" / "zero2.json").read_text())
 
     def reject(cfg, name, *needles):
         p = tmp_path / name

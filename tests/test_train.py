@@ -250,6 +250,24 @@ def test_zero1_mixture_rerun_resumes_and_survives_a_worker_failure(ray_local, wo
 
 
 @pytest.mark.slow  # a Ray Train worker group start-up is 20-60 s on two shared cores
+def test_zero0_one_worker_as_the_demo_trains_resumes_and_exports(ray_local, workspace):
+    """The demo's setup: one worker with both cores at ZeRO stage 0 (nothing to partition)."""
+    one = dict(num_workers=1, cpus_per_worker=2, zero_stage=0, max_steps=2, checkpoint_every=2)
+    first = run_training(tiny_config(workspace, "zero0-one-worker", **one))
+    assert first["steps"] == 2
+    second = run_training(tiny_config(workspace, "zero0-one-worker", **{**one, "max_steps": 4}))
+    events = read_metrics(Path(second["run_dir"]) / "metrics.jsonl")
+    assert [e["step"] for e in events if e["event"] == "resume"] == [2]
+    assert [e["step"] for e in events if e["event"] == "train"] == [1, 2, 3, 4]
+    meta = json.loads((Path(second["export_dir"]) / "medlm_meta.json").read_text())
+    assert meta["trained_steps"] == 4 and meta["zero_stage"] == 0 and meta["num_workers"] == 1
+    model, _ = load_checkpoint(second["export_dir"])
+    start, _ = load_checkpoint(workspace.checkpoint)
+    assert model.token_head.weight is model.embed_tokens.weight
+    assert not torch.equal(model.embed_tokens.weight, start.embed_tokens.weight), "the export must hold trained weights"
+
+
+@pytest.mark.slow  # a Ray Train worker group start-up is 20-60 s on two shared cores
 def test_zero3_online_drafts_from_an_export_then_decode(mask_run, workspace):
     cfg = tiny_config(workspace, "zero3-online", objective="online", init_from=mask_run["export_dir"],
                       zero_stage=3, mix_ratio=0.5, max_steps=2, online_tokens_per_step=[8, 16])

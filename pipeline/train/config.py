@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Optional
 
 OBJECTIVES = ("mask", "edit", "mixture", "online")
-ZERO_STAGES = (1, 2, 3)
+# 0: no partitioning, DeepSpeed's plain data parallelism; with one worker there is nothing to partition
+ZERO_STAGES = (0, 1, 2, 3)
 PRECISIONS = ("auto", "bf16", "fp32")
 PROBES = ("none", "toy")
 

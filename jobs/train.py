@@ -39,7 +39,7 @@ def cli(argv: list[str]) -> int:
     from pipeline.common import connect_ray
     from pipeline.train import DataError, run_training
 
-    connect_ray()
+    connect_ray(include_dashboard=True)  # the State API for Ray Train's placement-group cleaner
     try:
         result = run_training(cfg)
     except (DataError, FileNotFoundError, ValueError) as e:

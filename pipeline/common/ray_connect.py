@@ -10,7 +10,8 @@ _CONNECT_OPTIONS = ("log_to_driver", "configure_logging", "logging_level")
 
 
 def connect_ray(**local_options) -> Optional[str]:
-    """Connect to the Ray at ``RAY_ADDRESS``, or start a local one (no dashboard) with ``local_options``.
+    """Connect to the Ray at ``RAY_ADDRESS``, or start a local one with ``local_options`` (no dashboard unless
+    ``include_dashboard=True``: training asks for one, every other job starts lighter without).
 
     Returns a line saying which was done, or None when this process was already connected.
     """

@@ -93,7 +93,9 @@ def run_training(cfg: TrainConfig) -> dict:
     if cfg.toy_problems:
         cfg = dataclasses.replace(cfg, sources=[*cfg.sources, toy_source(cfg, run_dir)], toy_problems=0)
 
-    connect_ray()
+    # a local Ray gets its dashboard: Ray Train's placement-group cleaner polls the State API it serves,
+    # and without it logs "Failed to query Ray Train Controller actor state" about once a second
+    connect_ray(include_dashboard=True)
     prepared = prepare_data(cfg, str(start), limit, run_dir)
     print(f"[train] {cfg.objective} training of {start} -> {run_dir}: usable rows {prepared.rows}, "
           f"rejected {prepared.rejected or 'none'}, longest example {prepared.longest} tokens (max_len {cfg.max_len})",

@@ -36,11 +36,9 @@ def cli(argv: list[str]) -> int:
 
     from ray.train import TrainingFailedError
 
-    from pipeline.common import connect_ray
     from pipeline.train import DataError, run_training
 
-    connect_ray(include_dashboard=True)  # the State API for Ray Train's placement-group cleaner
-    try:
+    try:  # run_training connects to Ray (a local one with its dashboard)
         result = run_training(cfg)
     except (DataError, FileNotFoundError, ValueError) as e:
         print(f"medlm train: refused before training: {e}", file=sys.stderr)

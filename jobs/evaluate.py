@@ -38,7 +38,8 @@ class EvalConfig:
     edit_steps: NonNegative = 0
     table: bool = False  # evaluate the whole budget table instead of one budget
     fractions: list[Annotated[float, Field(gt=0, le=1)]] = field(default_factory=lambda: [1, 0.5, 0.25, 0.125])
-    edit_share: Annotated[float, Field(ge=0, lt=1)] = 0.25  # share of a mask+edit budget spent on edit steps
+    edit_share: Annotated[float, Field(gt=0, lt=1)] = 0.25  # share of a mask+edit budget spent on edit steps
+    min_edit_steps: Positive = 3  # ... but at least this many while masking keeps half (budget_table)
     threshold: Optional[Annotated[float, Field(gt=0, le=1)]] = None
     block_size: Optional[Positive] = None
     batch_size: Positive = 8
@@ -79,7 +80,7 @@ def budgets_of(cfg: EvalConfig) -> list:
     from medlm.evaluation import Budget, budget_table
 
     if cfg.table:
-        return [b for pair in budget_table(cfg.gen_len, cfg.fractions, cfg.edit_share) for b in pair]
+        return [b for pair in budget_table(cfg.gen_len, cfg.fractions, cfg.edit_share, cfg.min_edit_steps) for b in pair]
     return [Budget.of(cfg.mask_steps, cfg.edit_steps, gen_len=cfg.gen_len)]
 
 

@@ -82,17 +82,24 @@ class Budget:
 
 
 def budget_table(gen_len: int, fractions: Sequence[float] = DEFAULT_FRACTIONS,
-                 edit_share: float = 0.25) -> list[tuple[Budget, Budget]]:
+                 edit_share: float = 0.25, min_edit_steps: int = 3) -> list[tuple[Budget, Budget]]:
     """(mask-only, mask+edit) budget pairs at each fraction of the full ``gen_len``-step budget.
 
     The total is ``round(gen_len * fraction)`` (at least 1); mask+edit gives ``round(total *
-    edit_share)`` to editing and the rest to masking, each at least 1 step, so at a total of 1 the
+    edit_share)`` to editing, but never fewer than ``min_edit_steps`` while that leaves at least half
+    the total to masking, and the rest to masking, each at least 1 step. So at a total of 1 the
     mask+edit budget is 1 + 1 (the only case where it exceeds the mask-only total).
+
+    Why a floor: a trained refiner needs two or three edit rounds to settle a draft, and at small
+    totals a quarter share cuts it off after one or two (toy task, validation split: at 6 steps,
+    3 + 3 beat 4 + 2 by 2.4 points right and 8.3 whole-valid; at 12, 9 + 3 beat 7 + 5 and 6 + 6).
     """
     if not isinstance(gen_len, int) or gen_len < 1:
         raise ValueError(f"gen_len must be an integer >= 1, got {gen_len!r}")
     if not 0.0 < edit_share < 1.0:
         raise ValueError(f"edit_share must be in (0, 1), got {edit_share}")
+    if not isinstance(min_edit_steps, int) or min_edit_steps < 1:
+        raise ValueError(f"min_edit_steps must be an integer >= 1, got {min_edit_steps!r}")
     if not fractions:
         raise ValueError("fractions must name at least one fraction of the full budget")
     table = []
@@ -100,7 +107,7 @@ def budget_table(gen_len: int, fractions: Sequence[float] = DEFAULT_FRACTIONS,
         if not 0.0 < f <= 1.0:
             raise ValueError(f"budget fraction {f} is outside (0, 1]")
         total = max(1, round(gen_len * f))
-        edit = max(1, round(total * edit_share))
+        edit = max(1, round(total * edit_share), min(min_edit_steps, total // 2))
         mask = max(1, total - edit)
         table.append((Budget.of(total, 0, gen_len, f), Budget.of(mask, edit, gen_len, f)))
     labels = [b.label for pair in table for b in pair]

@@ -321,7 +321,9 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
             rows += [{**r, "model": model} for r in summary["rows"]]
         return {"rows": rows, "out_dir": str(out / "eval")}
 
-    evaluation = stages.run("evaluate", stages_fp(cfg, {"base": base, "refiner": refined}, "test_problems", "gen_len"),
+    budget_labels = [b.label for pair in budget_table(cfg.gen_len) for b in pair]  # a new split reruns the table
+    evaluation = stages.run("evaluate", stages_fp(cfg, {"base": base, "refiner": refined, "budgets": budget_labels},
+                                                  "test_problems", "gen_len"),
                             evaluate)
 
     # 6. Serve: start the app, send one request, shut it down

@@ -61,8 +61,10 @@ def model_and_tokenizer(checkpoint):
 @pytest.fixture(scope="module")
 def ray_run(checkpoint, tmp_path_factory):
     """One real evaluation through `python -m jobs.evaluate`-style config + Ray Data: 3 toy samples,
-    two budgets (gen_len 16 at 1/4: mask4 vs mask3_edit1)."""
+    two budgets (gen_len 16 at 1/4: mask4 vs mask2_edit2), into a folder holding an earlier run's samples."""
     out = tmp_path_factory.mktemp("eval") / "run"
+    out.mkdir()
+    (out / "samples_mask3_edit1.jsonl").write_text("{}\n")  # a budget this run does not evaluate
     previous_ci = os.environ.get("CI")
     os.environ["CI"] = "1"  # no progress bars in test logs
     ray.init(num_cpus=2, include_dashboard=False)
@@ -86,10 +88,14 @@ def _read_jsonl(path):
 # --------------------------------------------------------------------------- budgets
 
 
-def test_budget_table_splits_equal_totals_three_quarters_mask():
+def test_budget_table_gives_a_quarter_to_editing_but_at_least_three_steps_while_masking_keeps_half():
     table = budget_table(48)
     assert [(a.mask_steps, b.mask_steps, b.edit_steps) for a, b in table] == [
-        (48, 36, 12), (24, 18, 6), (12, 9, 3), (6, 4, 2)]
+        (48, 36, 12), (24, 18, 6), (12, 9, 3), (6, 3, 3)]
+    assert [(b.mask_steps, b.edit_steps) for _, b in budget_table(48, min_edit_steps=1)] == [
+        (36, 12), (18, 6), (9, 3), (4, 2)]  # the plain quarter share
+    assert [(b.mask_steps, b.edit_steps) for _, b in budget_table(8, fractions=(1, 1 / 2, 1 / 4))] == [
+        (5, 3), (2, 2), (1, 1)]  # the floor never takes more than half
     for mask_only, mask_edit in table:
         assert mask_only.edit_steps == 0 and mask_only.nfe == mask_edit.nfe
         assert mask_edit.gen_len == 48 and mask_only.kind == "mask_only" and mask_edit.kind == "mask_edit"
@@ -97,6 +103,8 @@ def test_budget_table_splits_equal_totals_three_quarters_mask():
     assert (tiny[0].mask_steps, tiny[1].mask_steps, tiny[1].edit_steps) == (1, 1, 1)  # each at least 1
     with pytest.raises(ValueError, match="edit_share"):
         budget_table(48, edit_share=1.0)
+    with pytest.raises(ValueError, match="min_edit_steps"):
+        budget_table(48, min_edit_steps=0)
     with pytest.raises(ValueError, match="fraction 2"):
         budget_table(48, fractions=(2,))
     with pytest.raises(ValueError, match="label"):
@@ -223,7 +231,8 @@ def test_config_rejects_unknown_keys_and_flags_override(capsys):
 def test_ray_run_writes_one_jsonl_per_budget_with_complete_records(ray_run):
     summary = json.loads((ray_run / "summary.json").read_text())
     labels = [row["label"] for row in summary["rows"]]
-    assert labels == ["mask4", "mask3_edit1"]
+    assert labels == ["mask4", "mask2_edit2"]
+    assert sorted(p.name for p in ray_run.glob("samples_*.jsonl")) == ["samples_mask2_edit2.jsonl", "samples_mask4.jsonl"]
     for row in summary["rows"]:
         records = _read_jsonl(ray_run / f"samples_{row['label']}.jsonl")
         assert [r["id"] for r in records] == [f"toy-test-{i:06d}" for i in range(3)]  # sample order kept
@@ -246,7 +255,7 @@ def test_ray_run_writes_one_jsonl_per_budget_with_complete_records(ray_run):
 def test_ray_run_writes_table_and_png_plot(ray_run):
     assert (ray_run / "accuracy_vs_nfe.png").read_bytes()[:8] == PNG_MAGIC
     table = (ray_run / "table.md").read_text()
-    assert "| mask4 | 1/4 | 4 | 0 |" in table and "| mask3_edit1 | 1/4 | 3 | 1 |" in table
+    assert "| mask4 | 1/4 | 4 | 0 |" in table and "| mask2_edit2 | 1/4 | 2 | 2 |" in table
     summary = json.loads((ray_run / "summary.json").read_text())
     assert table == table_markdown(summary["rows"])
     assert summary["n_samples"] == 3 and summary["checkpoint_hash"] and summary["split"] == "test"

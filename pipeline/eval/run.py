@@ -141,6 +141,8 @@ def run_eval(checkpoint: str | Path, task: str, budgets: Sequence[Budget], n_sam
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").unlink(missing_ok=True)  # a rerun is not trusted until it finishes
+    for stale in out.glob("samples_*.jsonl"):  # a rerun with other budgets must not leave the old ones beside its own
+        stale.unlink()
 
     connect_ray()
     DataContext.get_current().enable_progress_bars = not os.environ.get("CI")

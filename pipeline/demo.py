@@ -69,6 +69,9 @@ class DemoConfig:
     # 500 lifted mask + edit at 1/8 from 80.3% right / 49.0% valid to 84.3% / 56.7% for ~11.5 more
     # minutes on 2 cores, which takes the demo past its 60-minute budget; hence off by default
     regenerate_steps: int = 0
+    # how that round gets the refiner's drafts: "drafts" writes them as Parquet shards first (the
+    # regeneration users run on a cluster), "online" makes them inside the training loop (objective online)
+    regenerate_with: str = "drafts"
     eval_batch_size: int = 50
     eval_actors: int = 2
     serve: bool = True
@@ -98,6 +101,8 @@ class DemoConfig:
                      "num_workers", "max_len", "micro_batch_rows", "probe_problems", "eval_batch_size", "eval_actors"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"demo config: {name}={getattr(self, name)} must be >= 1")
+        if self.regenerate_with not in ("drafts", "online"):
+            raise ValueError(f"demo config: regenerate_with={self.regenerate_with!r}; use 'drafts' or 'online'")
         if self.cpus_per_worker <= 0 or self.regenerate_steps < 0:
             raise ValueError(f"demo config: cpus_per_worker={self.cpus_per_worker} must be > 0 and "
                              f"regenerate_steps={self.regenerate_steps} >= 0")
@@ -287,7 +292,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
 
     # 4b. optional: the refiner drafts again (the regeneration users run with `medlm generate --from-run`)
     #     and trains on its own drafts
-    if cfg.regenerate_steps:
+    if cfg.regenerate_steps and cfg.regenerate_with == "drafts":
         def regenerate() -> dict:
             from pipeline.drafts import config_from_run, run_generate
 
@@ -302,6 +307,16 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
                            mix_ratio=cfg.mix_ratio, sources=[data["train"]], draft_runs=[drafts["run_dir"]],
                            max_steps=cfg.regenerate_steps, lr=cfg.refine_lr / 3, min_lr=cfg.refine_min_lr),
             work=out / "train" / "refiner2",
+        )
+    elif cfg.regenerate_steps:  # online: the refiner drafts inside its own training loop, at the drafts' rates
+        refined = stages.run(
+            "train_refiner_online",
+            stages_fp(cfg, first_refiner, *common, "regenerate_steps", "refine_lr", "mix_ratio", "tokens_per_step"),
+            lambda: _train(cfg, out, run_name="refiner2_online", init_from=first_refiner["export_dir"],
+                           objective="online", mix_ratio=cfg.mix_ratio, sources=[data["train"]],
+                           online_tokens_per_step=list(cfg.tokens_per_step), max_steps=cfg.regenerate_steps,
+                           lr=cfg.refine_lr / 3, min_lr=cfg.refine_min_lr),
+            work=out / "train" / "refiner2_online",
         )
 
     # 5. the step-budget table on held-out problems: the base model decodes mask-only, the refiner

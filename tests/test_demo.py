@@ -20,6 +20,7 @@ def test_default_and_quick_configs_pass_their_checks():
     ({"test_problems": 0}, "test_problems=0"),
     ({"draft_rows": 1, "num_workers": 2}, "draft_rows=1"),
     ({"gen_len": 2048}, "gen_len=2048"),  # no room for a prompt in max_len
+    ({"regenerate_with": "parquet"}, "regenerate_with='parquet'"),
 ])
 def test_configs_that_cannot_fit_are_refused_naming_the_setting(overrides, named):
     with pytest.raises(ValueError, match=named):

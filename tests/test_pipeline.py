@@ -174,7 +174,7 @@ def test_manifest_reconciles_and_rejects_have_reasons(two_actor_run, source_dir,
         assert file_sha256(f) == entry["sha256"]
     assert content_hash(run.files) == run.content_hash
     assert [Path(s["path"]).name for s in run.manifest["sources"]] == ["a.jsonl", "b.parquet"]
-    assert current_run(out_dir) == two_actor_run
+    assert Path(current_run(out_dir)) == two_actor_run
 
     rejects = pl.from_arrow(run.rejects())
     assert dict(rejects.group_by("reason").len().iter_rows()) == EXPECTED_REJECTS
@@ -231,14 +231,14 @@ def test_interrupted_run_is_invisible_then_finished_with_one_actor_and_same_hash
     assert list(staging.glob("part-*.parquet")) and not (staging / "_SUCCESS").exists()
     with pytest.raises(RunNotReady, match="no _SUCCESS"):
         open_run(staging)
-    assert current_run(out_dir) == two_actor_run, "CURRENT must not move to an interrupted run"
+    assert Path(current_run(out_dir)) == two_actor_run, "CURRENT must not move to an interrupted run"
 
     monkeypatch.delenv(CRASH_HOOK_ENV)
     assert _generate(*args) == 0
     assert not list(runs.glob("one-actor.tmp-*")), "the rerun clears the killed run's staging"
     finished = open_run(runs / "one-actor", verify_files=True)
     assert finished.content_hash == open_run(two_actor_run).content_hash, "1 and 2 actors must give the same rows"
-    assert current_run(out_dir) == runs / "one-actor"
+    assert Path(current_run(out_dir)) == runs / "one-actor"
 
 
 def test_complete_run_is_reused_unless_forced(two_actor_run, checkpoints, source_dir, out_dir, capsys):
@@ -248,12 +248,12 @@ def test_complete_run_is_reused_unless_forced(two_actor_run, checkpoints, source
     assert rc == 0
     assert "already complete; reusing it" in capsys.readouterr().out
     assert (two_actor_run / "_manifest.json").read_text() == before
-    assert current_run(out_dir) == two_actor_run
+    assert Path(current_run(out_dir)) == two_actor_run
 
 
 def test_from_run_regenerates_same_rows_and_recipe_with_newer_checkpoint(two_actor_run, checkpoints, out_dir):
     assert _generate("--from-run", str(two_actor_run), "--checkpoint", str(checkpoints[1]), "num_actors=1") == 0
-    new_dir = current_run(out_dir)
+    new_dir = Path(current_run(out_dir))
     assert new_dir != two_actor_run and new_dir.parent == two_actor_run.parent
     old, new = open_run(two_actor_run), open_run(new_dir)
     assert new.manifest["recipe"] == old.manifest["recipe"]

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from medlm.data import RowError, encode_example, normalise_row, parse_json_line, stable_row_id
 from medlm.tokenizer import load_tokenizer, response_ids
-from pipeline.common.io import file_sha256
+from pipeline.common.storage import Location, StorageError, local_copy, location
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 RAW_EXCERPT_CHARS = 1000
@@ -70,48 +70,56 @@ class SourceFile:
         return asdict(self)
 
 
-def _format_of(path: Path) -> str:
-    fmt = FORMATS.get(path.suffix.lower())
+def _format_of(loc: Location) -> str:
+    suffix = Path(loc.name).suffix
+    fmt = FORMATS.get(suffix.lower())
     if fmt is None:
-        raise SourceError(f"source file {path} has suffix {path.suffix!r}; accepted: {', '.join(sorted(FORMATS))}")
+        raise SourceError(f"source file {loc} has suffix {suffix!r}; accepted: {', '.join(sorted(FORMATS))}")
     return fmt
 
 
 def resolve_sources(source: str | Path | Iterable[str | Path]) -> list[SourceFile]:
     """Expand files and directories (their *.jsonl/*.json/*.parquet, sorted) and check each is readable.
 
+    Entries are local paths or ``s3://`` URIs (all on one filesystem: Ray reads them with one client).
     Reading every byte here (for the sha256 recorded as provenance) is also the readability check:
     an unreadable source stops the job before Ray starts any work.
     """
     if source is None or source == "" or source == []:
         raise SourceError("no source given: set `source` (a JSONL/Parquet file, a directory, or a list of them)")
     entries = [source] if isinstance(source, (str, Path)) else list(source)
-    files: list[Path] = []
+    files: list[Location] = []
     for entry in entries:
-        path = Path(entry).expanduser().resolve()
-        if not path.exists():
-            raise SourceError(f"source {entry} does not exist")
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FORMATS)
-            if not found:
-                raise SourceError(f"source directory {path} holds no {', '.join(sorted(FORMATS))} files")
-            files.extend(found)
-        else:
-            files.append(path)
-    seen: set[Path] = set()
-    out = []
-    for path in files:
-        if path in seen:
-            raise SourceError(f"source file {path} is listed twice")
-        seen.add(path)
-        fmt = _format_of(path)
         try:
-            digest = file_sha256(path)
+            loc = location(entry)
+        except StorageError as e:
+            raise SourceError(f"source {entry}: {e}") from None
+        if loc.is_dir():
+            found = [f for f in loc.list() if Path(f.name).suffix.lower() in FORMATS and not f.name.startswith(".")]
+            if not found:
+                raise SourceError(f"source directory {loc} holds no {', '.join(sorted(FORMATS))} files")
+            files.extend(found)
+        elif loc.is_file():
+            files.append(loc)
+        else:
+            raise SourceError(f"source {entry} does not exist")
+    if len({f.scheme for f in files}) > 1:
+        raise SourceError("sources must all be local or all on object storage (one job reads with one filesystem)")
+    seen: set[str] = set()
+    out = []
+    for loc in files:
+        if loc.uri in seen:
+            raise SourceError(f"source file {loc} is listed twice")
+        seen.add(loc.uri)
+        fmt = _format_of(loc)
+        try:
+            digest = loc.sha256()
             if fmt == "parquet":
-                pq.ParquetFile(path).metadata  # a corrupt footer fails here, not in a worker
+                with loc.open_input() as f:
+                    pq.ParquetFile(f).metadata  # a corrupt footer fails here, not in a worker
         except (OSError, pa.ArrowException) as e:
-            raise SourceError(f"source file {path} cannot be read: {e}") from None
-        out.append(SourceFile(path=str(path), format=fmt, bytes=path.stat().st_size, sha256=digest))
+            raise SourceError(f"source file {loc} cannot be read: {e}") from None
+        out.append(SourceFile(path=loc.uri, format=fmt, bytes=loc.size(), sha256=digest))
     return out
 
 
@@ -161,8 +169,8 @@ def explode_files(batch: pa.Table, *, sources: list[dict]) -> Iterator[pa.Table]
 
 
 def records_of_file(source_index: int, source: SourceFile) -> pa.Table:
-    """All records of one local file (the single-process path: benchmarks, debugging)."""
-    data = Path(source.path).read_bytes()
+    """All records of one file (the single-process path: benchmarks, debugging)."""
+    data = location(source.path).read_bytes()
     return _record_table([(source_index, n, raw) for n, raw in iter_records(data, source.format)])
 
 
@@ -171,8 +179,9 @@ def records_of_file(source_index: int, source: SourceFile) -> pa.Table:
 
 @lru_cache(maxsize=4)
 def _tokenizer(checkpoint: str):
-    """Loaded once per worker process (Ray reuses task workers across batches)."""
-    return load_tokenizer(checkpoint)
+    """Loaded once per worker process (Ray reuses task workers across batches); ``checkpoint`` may be
+    an ``s3://`` URI, fetched once into the local cache."""
+    return load_tokenizer(local_copy(checkpoint))
 
 
 def _excerpt(raw: bytes) -> str:
@@ -242,8 +251,10 @@ def read_normalised(sources: list[SourceFile], *, checkpoint: str, gen_len: int,
     """
     import ray.data
 
+    locations = [location(s.path, check=False) for s in sources]
     return (
-        ray.data.read_binary_files([s.path for s in sources], include_paths=True)
+        ray.data.read_binary_files([loc.path for loc in locations], include_paths=True,
+                                   filesystem=locations[0].fs if locations else None)
         .map_batches(explode_files, batch_size=1, batch_format="pyarrow",
                      fn_kwargs={"sources": [s.to_dict() for s in sources]})
         .map_batches(normalise_records, batch_size=None, batch_format="pyarrow",

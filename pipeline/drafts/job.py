@@ -8,7 +8,10 @@ Ray Data plan::
     select_rows -> repartition(batch_size)                     (materialised before the actors start)
     -> DraftActor (ActorPoolStrategy, model loaded once per actor)
     -> align_table + write_parquet (one capped CPU task pool; explicit schema + provenance metadata)
-    driver: part hashes, row accounting, content hash -> _manifest.json -> _SUCCESS -> rename -> CURRENT
+    driver: part hashes, row accounting, content hash -> _manifest.json -> _SUCCESS -> commit -> CURRENT
+
+The output may be a local directory or ``s3://bucket/prefix``; see :mod:`pipeline.drafts.shards` for
+how a run is committed on each (staging + rename, or in place with ``_SUCCESS`` last).
 
 Everything that can stop a job (missing checkpoint, unreadable source, unwritable output, bad
 config) is checked in :func:`pipeline.drafts.plan.plan_run`, before Ray does any work; this module
@@ -27,8 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.common.io import write_json_atomic
+import json
+
 from pipeline.common.sources import SourceFile
+from pipeline.common.storage import Location
 from pipeline.drafts.plan import GenerateConfig, RunPlan, plan_run
 from pipeline.drafts.shards import (
     MANIFEST,
@@ -37,6 +42,7 @@ from pipeline.drafts.shards import (
     SUCCESS,
     content_hash,
     describe_parts,
+    manifest_digest,
     open_run,
     part_filename,
     schema_with_metadata,
@@ -49,7 +55,7 @@ CRASH_HOOK_ENV = "MEDLM_TEST_CRASH_AFTER_PARTS"  # tests: fail after the first p
 @dataclass
 class RunSummary:
     run_id: str
-    run_dir: Path
+    run_dir: str  # a local path or an s3:// URI
     rows_read: int
     rows_written: int
     rows_rejected: int
@@ -89,18 +95,18 @@ def _config_record(plan: RunPlan) -> dict:
     record = dataclasses.asdict(plan.config)
     record.update(
         source=[s.path for s in plan.sources],
-        checkpoint=str(plan.checkpoint),
-        output=str(plan.layout.output),
+        checkpoint=plan.checkpoint_uri,
+        output=plan.layout.output.uri,
         run_id=plan.run_id,
     )
     return record
 
 
-def summary_of(run_dir: Path, reused: bool, seconds: float) -> RunSummary:
+def summary_of(run_dir: Location, reused: bool, seconds: float) -> RunSummary:
     m = open_run(run_dir).manifest
     return RunSummary(
         run_id=m["run_id"],
-        run_dir=run_dir,
+        run_dir=run_dir.uri,
         rows_read=m["rows"]["read"],
         rows_written=m["rows"]["written"],
         rows_rejected=m["rows"]["rejected"],
@@ -120,7 +126,7 @@ def normalise_sources(plan: RunPlan, say: Callable[[str], None]):
     from pipeline.common.sources import duplicate_rows, first_occurrences, read_normalised
 
     normalised = read_normalised(
-        plan.sources, checkpoint=str(plan.checkpoint), gen_len=plan.config.gen_len,
+        plan.sources, checkpoint=plan.checkpoint_uri, gen_len=plan.config.gen_len,
         max_response_len=plan.max_response_len, max_total_len=plan.max_positions,
     ).materialize()
     keys = []
@@ -149,7 +155,7 @@ def collect_rejects(normalised, duplicates: dict, sources: list[SourceFile]) -> 
     return rejects
 
 
-def draft_align_write(plan: RunPlan, normalised, duplicates: dict, staging: Path, provenance: dict,
+def draft_align_write(plan: RunPlan, normalised, duplicates: dict, staging: Location, provenance: dict,
                       say: Callable[[str], None]) -> None:
     """Usable rows -> DraftActor pool -> align tasks (which also write) -> part files in ``staging``."""
     from ray.data import ActorPoolStrategy, SaveMode, TaskPoolStrategy
@@ -186,7 +192,7 @@ def draft_align_write(plan: RunPlan, normalised, duplicates: dict, staging: Path
             num_cpus=cfg.cpus_per_actor,
             num_gpus=cfg.num_gpus_per_actor or None,
             fn_constructor_kwargs={
-                "checkpoint": str(plan.checkpoint),
+                "checkpoint": plan.checkpoint_uri,
                 "recipe": plan.recipe.to_dict(),
                 "tokens_per_forward": cfg.tokens_per_forward,
                 "num_threads": max(1, int(cfg.cpus_per_actor)),
@@ -196,7 +202,8 @@ def draft_align_write(plan: RunPlan, normalised, duplicates: dict, staging: Path
         .map_batches(align_table, batch_format="pyarrow", num_cpus=cfg.align_num_cpus,
                      compute=TaskPoolStrategy(size=cfg.align_concurrency), fn_kwargs={"del_id": plan.del_id})
         .write_parquet(  # same remote args as align, so each align task also writes its rows
-            str(staging),
+            staging.path,
+            filesystem=staging.fs,
             ray_remote_args={"num_cpus": cfg.align_num_cpus},
             concurrency=cfg.align_concurrency,
             schema=schema_with_metadata(provenance),
@@ -214,7 +221,7 @@ def _crash_hook(i: int, _path) -> None:
         raise RuntimeError(f"{CRASH_HOOK_ENV} is set: stopping after the first part file (test hook)")
 
 
-def write_manifest(plan: RunPlan, staging: Path, rows_read: int, rejects: list[dict], provenance: dict,
+def write_manifest(plan: RunPlan, staging: Location, rows_read: int, rejects: list[dict], provenance: dict,
                    started: float) -> None:
     """Hash the parts, reconcile the row accounting, write ``_manifest.json`` then ``_SUCCESS``."""
     import ray
@@ -239,7 +246,7 @@ def write_manifest(plan: RunPlan, staging: Path, rows_read: int, rejects: list[d
         "content_hash": content_hash(staging / f["name"] for f in files),
         "recipe": plan.recipe.to_dict(),
         "sources": [s.to_dict() for s in plan.sources],
-        "checkpoint": {"path": str(plan.checkpoint), "hash": plan.checkpoint_hash},
+        "checkpoint": {"path": plan.checkpoint_uri, "hash": plan.checkpoint_hash},
         "tokenizer_hash": plan.tokenizer_hash,
         "seed": plan.config.seed,
         "config": provenance["config"],
@@ -252,8 +259,9 @@ def write_manifest(plan: RunPlan, staging: Path, rows_read: int, rejects: list[d
             "seconds": round(time.perf_counter() - started, 2),
         },
     }
-    write_json_atomic(staging / MANIFEST, manifest)
-    (staging / SUCCESS).write_text("")
+    blob = (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
+    (staging / MANIFEST).write_bytes(blob)
+    (staging / SUCCESS).write_text(manifest_digest(blob) + "\n")  # last: from here on readers trust the run
 
 
 def execute_run(plan: RunPlan, say: Callable[[str], None] = print) -> RunSummary:

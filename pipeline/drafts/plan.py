@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -19,6 +18,7 @@ from typing import Any, Optional
 from medlm.checkpoint import check_checkpoint_dir, checkpoint_hash
 from medlm.tokenizer import load_tokenizer, special_ids, tokenizer_hash
 from pipeline.common.sources import SourceError, SourceFile, resolve_sources
+from pipeline.common.storage import Location, StorageError, check_writable, local_copy, location
 from pipeline.drafts.recipe import DraftRecipe
 from pipeline.drafts.shards import SCHEMA_VERSION, RunLayout, open_run
 
@@ -83,7 +83,8 @@ class GenerateConfig:
 class RunPlan:
     config: GenerateConfig
     sources: list[SourceFile]
-    checkpoint: Path
+    checkpoint: Path  # a local directory (a cached copy when the checkpoint is on object storage)
+    checkpoint_uri: str  # as given: what workers on other nodes load
     checkpoint_hash: str
     tokenizer_hash: str
     del_id: int
@@ -101,13 +102,12 @@ def _positive(name: str, value, kind=int) -> None:
         raise GenerateError(f"{name} must be a positive {kind.__name__}, got {value!r}")
 
 
-def _check_output_writable(output: Path) -> None:
+def _check_output_writable(output: Location) -> None:
     try:
-        (output / "runs").mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output / "runs", prefix=".write-probe-"):
-            pass
-    except OSError as e:
-        raise GenerateError(f"output directory {output} is not writable: {e}") from None
+        (output / "runs").mkdir()
+        check_writable(output / "runs")
+    except (OSError, StorageError) as e:
+        raise GenerateError(f"output {output} is not writable: {e}") from None
 
 
 def _derived_run_id(sources: list[SourceFile], ckpt_hash: str, tok_hash: str, cfg: GenerateConfig, max_len: int) -> str:
@@ -128,8 +128,8 @@ def config_from_run(run_dir: str | Path, overrides: dict) -> GenerateConfig:
     except Exception as e:
         raise GenerateError(f"--from-run: {e}") from None
     base = dict(old.manifest["config"])
-    base.update(run_id=None, force=False, from_run=str(old.run_dir))
-    base.setdefault("output", str(old.run_dir.parent.parent))
+    base.update(run_id=None, force=False, from_run=old.run_dir.uri)
+    base.setdefault("output", old.run_dir.parent.parent.uri)
     known = {f.name for f in dataclasses.fields(GenerateConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
@@ -162,8 +162,9 @@ def plan_run(cfg: GenerateConfig) -> RunPlan:
     if not cfg.checkpoint:
         raise GenerateError("no checkpoint given: set `checkpoint` (a directory written by `medlm init` or training)")
     try:
-        ckpt = check_checkpoint_dir(Path(cfg.checkpoint).expanduser().resolve())
-    except (FileNotFoundError, ValueError) as e:
+        ckpt_uri = location(cfg.checkpoint).uri
+        ckpt = check_checkpoint_dir(local_copy(ckpt_uri))
+    except (FileNotFoundError, ValueError, OSError) as e:
         raise GenerateError(f"checkpoint: {e}") from None
     max_positions = int(json.loads((ckpt / "config.json").read_text())["max_position_embeddings"])
     if cfg.gen_len >= max_positions:
@@ -175,7 +176,10 @@ def plan_run(cfg: GenerateConfig) -> RunPlan:
         raise GenerateError(str(e)) from None
     if not cfg.output:
         raise GenerateError("no output given: set `output` (the directory that will hold runs/ and CURRENT)")
-    output = Path(cfg.output).expanduser().resolve()
+    try:
+        output = location(cfg.output)
+    except StorageError as e:
+        raise GenerateError(f"output: {e}") from None
     _check_output_writable(output)
     ckpt_hash = checkpoint_hash(ckpt)
     tok_hash = tokenizer_hash(tokenizer)
@@ -195,6 +199,7 @@ def plan_run(cfg: GenerateConfig) -> RunPlan:
         config=cfg,
         sources=sources,
         checkpoint=ckpt,
+        checkpoint_uri=ckpt_uri,
         checkpoint_hash=ckpt_hash,
         tokenizer_hash=tok_hash,
         del_id=special_ids(tokenizer).delete,

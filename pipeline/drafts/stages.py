@@ -108,7 +108,9 @@ class DraftActor:
         if device == "cpu":
             torch.set_num_threads(max(1, int(num_threads)))
         started = time.perf_counter()
-        self.model, tokenizer = load_checkpoint(checkpoint, device=device, dtype=dtype)
+        from pipeline.common.storage import local_copy  # an s3:// checkpoint is fetched once per node
+
+        self.model, tokenizer = load_checkpoint(local_copy(checkpoint), device=device, dtype=dtype)
         self.special = special_ids(tokenizer)
         self.recipe = DraftRecipe(**{k: v for k, v in recipe.items() if k != "seed_rule"})
         self.tokens_per_forward = tokens_per_forward

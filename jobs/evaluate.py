@@ -5,7 +5,9 @@ and a YAML file with ``key=value`` overrides for ``ray job submit``
 (``python -m jobs.evaluate --config jobs/configs/evaluate.yaml checkpoint=DIR table=true``).
 Flags win over overrides, which win over the file, which wins over the defaults (``jobs.config``).
 ``gsm8k_source`` says where GSM8K comes from (``hub`` or a JSONL / Parquet file or folder; default
-``$MEDLM_GSM8K``). Connects to ``RAY_ADDRESS`` when set, else starts a local Ray.
+``$MEDLM_GSM8K``). ``checkpoint`` and ``out_dir`` may be ``s3://`` URIs (credentials and endpoint from
+the ``AWS_*`` variables); a bad URI or a missing bucket or checkpoint exits 2 before Ray starts.
+Connects to ``RAY_ADDRESS`` when set, else starts a local Ray.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ NonNegative = Annotated[int, Field(ge=0)]
 
 @dataclass
 class EvalConfig:
-    checkpoint: str = ""
+    checkpoint: str = ""  # a local directory or an s3:// URI
     task: Literal["toy", "gsm8k", "humaneval"] = "toy"
     split: str = "test"
     n_samples: Optional[Positive] = 32  # null: every problem of the task
@@ -48,7 +50,7 @@ class EvalConfig:
     gpus_per_actor: Annotated[float, Field(ge=0)] = 0
     grade_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     seed: int = 0
-    out_dir: str = "runs/eval"
+    out_dir: str = "runs/eval"  # a local directory or an s3:// URI
     gsm8k_source: Optional[str] = None  # "hub", or a GSM8K JSONL / Parquet file or folder
 
 
@@ -107,7 +109,7 @@ def cli(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"medlm eval: {e}", file=sys.stderr)
         return 2
-    print(f"[eval] summary: {Path(summary['out_dir']) / 'summary.json'}")
+    print(f"[eval] summary: {summary['out_dir'].rstrip('/')}/summary.json")
     return 0
 
 

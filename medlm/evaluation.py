@@ -31,7 +31,7 @@ __all__ = [
     "Budget", "budget_table", "load_samples", "load_eval_model", "checkpoint_has_insertion_head",
     "check_budget", "grade_text", "humaneval_completion", "evaluate_samples", "summarise",
     "score_decoded", "sample_seed", "budget_row", "table_markdown", "fraction_label", "plot_accuracy_vs_nfe",
-    "DEFAULT_FRACTIONS",
+    "render_accuracy_vs_nfe", "DEFAULT_FRACTIONS",
 ]
 
 DEFAULT_FRACTIONS = (1, 1 / 2, 1 / 4, 1 / 8)
@@ -426,15 +426,25 @@ def table_markdown(rows: Sequence[dict]) -> str:
 
 
 def plot_accuracy_vs_nfe(rows: Sequence[dict], path: str | Path, title: Optional[str] = None) -> Path:
+    """Write :func:`render_accuracy_vs_nfe` to a local PNG file; returns its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(render_accuracy_vs_nfe(rows, title))
+    return path
+
+
+def render_accuracy_vs_nfe(rows: Sequence[dict], title: Optional[str] = None) -> bytes:
     """Final accuracy against NFE actually used per sample (mask + edit steps run), one line per
-    decoder; whole-answer validity dashed when the task has it. Log-2 x axis: budgets halve."""
+    decoder; whole-answer validity dashed when the task has it. Log-2 x axis: budgets halve.
+
+    Returns the PNG bytes, so a caller can put them anywhere (a local file, object storage)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(10, 4.5))
     names = {"mask_only": "mask only", "mask_edit": "mask + edit"}
     colours = iter(["tab:blue", "tab:orange", "tab:gray", "tab:green", "tab:red", "tab:purple"])
@@ -464,7 +474,8 @@ def plot_accuracy_vs_nfe(rows: Sequence[dict], path: str | Path, title: Optional
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    return path
+    return buf.getvalue()
 

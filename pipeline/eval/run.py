@@ -7,6 +7,12 @@ logs a line as each budget completes, then writes per budget ``samples_<label>.j
 sample order), and ``table.md``, ``accuracy_vs_nfe.png`` and ``summary.json`` (last: a reader trusts
 a run only when it exists).
 
+The checkpoint and the output folder are local paths or ``s3://`` URIs (``pipeline.common.storage``),
+both checked before Ray does any work. Each actor fetches the checkpoint onto its own node
+(``local_copy``), so the driver passes the URI, never its own path. Every output file is written
+whole through ``Location`` (renamed into place on a local disk, one upload on object storage), so an
+``s3://`` run puts nothing on the local disk and a killed run leaves no ``summary.json``.
+
 Records cross Ray as JSON strings: their nested, task-dependent fields (grader details, ``None``
 texts of failed samples) would otherwise need one Arrow schema across all blocks.
 """
@@ -33,21 +39,23 @@ from medlm.evaluation import (
     evaluate_samples,
     load_eval_model,
     load_samples,
-    plot_accuracy_vs_nfe,
+    render_accuracy_vs_nfe,
     summarise,
     table_markdown,
 )
 from medlm.modeling import MedlmConfig
 from medlm.tasks import get_task
 from medlm.tokenizer import load_tokenizer, tokenizer_hash
-from pipeline.common.io import atomic_path, write_text_atomic
 from pipeline.common.ray_connect import connect_ray
+from pipeline.common.storage import Location, StorageError, check_writable, local_copy, location
 
 __all__ = ["EvalActor", "run_eval"]
 
 
 class EvalActor:
-    """Ray Data class UDF: loads the checkpoint once, then evaluates batches of (budget, sample) items."""
+    """Ray Data class UDF: loads the checkpoint once, then evaluates batches of (budget, sample) items.
+
+    ``checkpoint`` is a local path or a URI; the actor loads its own node's copy of it."""
 
     def __init__(self, checkpoint: str, task: str, budgets: list[dict], seed: int, batch_size: int,
                  threshold: Optional[float], block_size: Optional[int], grade_timeout_s: float,
@@ -57,7 +65,7 @@ class EvalActor:
         device, _ = device_and_dtype(device)
         if device == "cpu":
             torch.set_num_threads(max(1, int(num_threads)))
-        self.model, self.tokenizer = load_eval_model(checkpoint, device=device)
+        self.model, self.tokenizer = load_eval_model(local_copy(checkpoint), device=device)
         self.budgets = {b["label"]: Budget(**b) for b in budgets}
         self.task, self.seed, self.batch_size = task, seed, batch_size
         self.threshold, self.block_size, self.grade_timeout_s = threshold, block_size, grade_timeout_s
@@ -77,9 +85,29 @@ class EvalActor:
                 "record": np.asarray(records, dtype=object)}
 
 
+def _resolve(checkpoint: str, out_dir: str) -> tuple[Location, Path, Location]:
+    """The checkpoint (its location and this machine's copy) and the output location; a bad URI, a
+    missing bucket or a missing checkpoint is refused by name. Nothing is written yet."""
+    try:
+        ckpt = location(checkpoint)
+        local = local_copy(ckpt)
+        if not ckpt.is_local:  # name the URI, not the cache directory it was fetched to
+            try:
+                check_checkpoint_dir(local, require_insert_head=False)
+            except (FileNotFoundError, ValueError) as e:
+                raise StorageError(f"{ckpt.uri} is not a medlm checkpoint: {e}") from None
+    except StorageError as e:
+        raise StorageError(f"checkpoint: {e}") from None
+    try:
+        out = location(out_dir)
+    except StorageError as e:
+        raise StorageError(f"out_dir: {e}") from None
+    return ckpt, local, out
+
+
 def _check_inputs(checkpoint: Path, task: str, budgets: Sequence[Budget], gen_len: Optional[int], batch_size: int,
                   num_actors: int, threshold: Optional[float], block_size: Optional[int]) -> list[Budget]:
-    """Every refusal happens here, before Ray starts any work."""
+    """Every refusal of the evaluation itself happens here, before Ray starts any work."""
     get_task(task)
     if not budgets:
         raise ValueError("no budgets to evaluate; pass at least one Budget (see medlm.evaluation.budget_table)")
@@ -105,10 +133,22 @@ def _check_inputs(checkpoint: Path, task: str, budgets: Sequence[Budget], gen_le
     return resolved
 
 
-def _write_jsonl(path: Path, records: Sequence[dict]) -> None:
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+def _prepare_output(out: Location) -> None:
+    """Refuse an output that cannot be written, before any work. Then clear the previous run: a rerun
+    is not trusted until it finishes, and one with other budgets must not leave the old samples
+    files beside its own."""
+    try:
+        check_writable(out)
+    except StorageError as e:
+        raise StorageError(f"out_dir: {e}") from None
+    (out / "summary.json").delete()
+    for stale in out.list():
+        if stale.name.startswith("samples_") and stale.name.endswith(".jsonl"):
+            stale.delete()
+
+
+def _jsonl(records: Sequence[dict]) -> str:
+    return "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
 
 
 def _log_budget(task: str, budget: Budget, summary: dict, done: int, total: int) -> None:
@@ -119,41 +159,38 @@ def _log_budget(task: str, budget: Budget, summary: dict, done: int, total: int)
           f"{summary['n']} samples, {summary['n_errors']} errors", flush=True)
 
 
-def run_eval(checkpoint: str | Path, task: str, budgets: Sequence[Budget], n_samples: Optional[int] = 32,
-             split: str = "test", batch_size: int = 8, num_actors: int = 1, out_dir: str | Path = "runs/eval",
+def run_eval(checkpoint: str | os.PathLike, task: str, budgets: Sequence[Budget], n_samples: Optional[int] = 32,
+             split: str = "test", batch_size: int = 8, num_actors: int = 1, out_dir: str | os.PathLike = "runs/eval",
              seed: int = 0, *, gen_len: Optional[int] = None, threshold: Optional[float] = None,
              block_size: Optional[int] = None, cpus_per_actor: float = 1, gpus_per_actor: float = 0,
              grade_timeout_s: float = 5.0, samples: Optional[list[dict]] = None) -> dict:
     """Evaluate ``checkpoint`` on ``n_samples`` problems of ``task`` under every budget; returns the summary.
 
-    ``samples`` replaces the task's own problems (same dict shape as ``medlm.evaluation.load_samples``).
-    The summary (also ``out_dir/summary.json``) holds ``rows`` (one per budget, for the table and
-    plot), ``files`` and provenance; uses the running Ray cluster, else ``RAY_ADDRESS``, else a local one.
+    ``checkpoint`` and ``out_dir`` are local paths or ``s3://`` URIs. ``samples`` replaces the task's
+    own problems (same dict shape as ``medlm.evaluation.load_samples``). The summary (also
+    ``out_dir/summary.json``) holds ``rows`` (one per budget, for the table and plot), ``files`` and
+    provenance; uses the running Ray cluster, else ``RAY_ADDRESS``, else a local one.
     """
     started = time.perf_counter()
-    checkpoint = Path(checkpoint).expanduser().resolve()
-    budgets = _check_inputs(checkpoint, task, budgets, gen_len, batch_size, num_actors, threshold, block_size)
+    ckpt, local_ckpt, out = _resolve(str(checkpoint), str(out_dir))
+    budgets = _check_inputs(local_ckpt, task, budgets, gen_len, batch_size, num_actors, threshold, block_size)
     own_samples = samples is not None
     if samples is None:
         samples = load_samples(task, n_samples, split=split, seed=seed)
     if not samples:
         raise ValueError("no samples to evaluate")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").unlink(missing_ok=True)  # a rerun is not trusted until it finishes
-    for stale in out.glob("samples_*.jsonl"):  # a rerun with other budgets must not leave the old ones beside its own
-        stale.unlink()
+    _prepare_output(out)
 
     connect_ray()
     DataContext.get_current().enable_progress_bars = not os.environ.get("CI")
     items = [{"budget": b.label, "index": i, "sample": json.dumps(s, ensure_ascii=False)}
              for b in budgets for i, s in enumerate(samples)]
     print(f"[eval] {task}: {len(samples)} samples x {len(budgets)} budgets = {len(items)} decodes on "
-          f"{num_actors} actor(s), checkpoint {checkpoint}", flush=True)
+          f"{num_actors} actor(s), checkpoint {ckpt}", flush=True)
     ds = ray.data.from_items(items).map_batches(
         EvalActor,
         fn_constructor_kwargs={
-            "checkpoint": str(checkpoint), "task": task, "budgets": [dataclasses.asdict(b) for b in budgets], "seed": seed,
+            "checkpoint": ckpt.uri, "task": task, "budgets": [dataclasses.asdict(b) for b in budgets], "seed": seed,
             "batch_size": batch_size, "threshold": threshold, "block_size": block_size,
             "grade_timeout_s": grade_timeout_s, "num_threads": max(1, int(cpus_per_actor)),
         },
@@ -180,26 +217,26 @@ def run_eval(checkpoint: str | Path, task: str, budgets: Sequence[Budget], n_sam
 
     files = {}
     for b in budgets:
-        path = out / f"samples_{b.label}.jsonl"
-        _write_jsonl(path, collected[b.label])  # type: ignore[arg-type]
-        files[b.label] = path.name
+        name = f"samples_{b.label}.jsonl"
+        (out / name).write_text(_jsonl(collected[b.label]))  # type: ignore[arg-type]
+        files[b.label] = name
     ordered_rows = [rows[b.label] for b in budgets]
     table = table_markdown(ordered_rows)
-    (out / "table.md").write_text(table, encoding="utf-8")
-    plot_accuracy_vs_nfe(ordered_rows, out / "accuracy_vs_nfe.png",
-                         title=f"{task}: accuracy vs NFE ({len(samples)} samples)")
+    (out / "table.md").write_text(table)
+    (out / "accuracy_vs_nfe.png").write_bytes(
+        render_accuracy_vs_nfe(ordered_rows, title=f"{task}: accuracy vs NFE ({len(samples)} samples)"))
     summary = {
         "task": task, "split": None if own_samples else split, "n_samples": len(samples), "seed": seed,
-        "checkpoint": str(checkpoint), "checkpoint_hash": checkpoint_hash(checkpoint),
-        "tokenizer_hash": tokenizer_hash(load_tokenizer(checkpoint)),
+        "checkpoint": ckpt.uri, "checkpoint_hash": checkpoint_hash(local_ckpt),
+        "tokenizer_hash": tokenizer_hash(load_tokenizer(local_ckpt)),
         "decode": {"threshold": threshold, "block_size": block_size, "batch_size": batch_size,
                    "grade_timeout_s": grade_timeout_s},
         "num_actors": num_actors, "rows": ordered_rows,
         "files": {"samples": files, "table": "table.md", "plot": "accuracy_vs_nfe.png"},
         "wall_s": round(time.perf_counter() - started, 3),
     }
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    summary["out_dir"] = str(out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))  # last: the run is trusted from here
+    summary["out_dir"] = out.uri
     summary["table_markdown"] = table
     print(f"[eval] done in {summary['wall_s']:.1f}s -> {out}\n{table}", flush=True)
     return summary

@@ -8,7 +8,9 @@ On a laptop it starts a local Ray, deploys, prints the URL and blocks until Ctrl
 set (as under `ray job submit`) it deploys onto that cluster; ``detach=true`` then ends the job once
 the app answers, leaving the app running (Serve apps outlive the driver that deployed them).
 ``app.*`` keys are the app's arguments (pipeline.serve.ServeArgs); a typo there or anywhere in
-the config stops the command before Ray starts, naming the key.
+the config stops the command before Ray starts, naming the key. ``app.checkpoint`` may be an
+``s3://`` URI (``AWS_*`` variables for credentials and endpoint): it is checked here, and each
+replica downloads its own copy.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def build_config(argv: list[str]) -> ServeJobConfig:
     ap = argparse.ArgumentParser(prog="medlm serve", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help=f"YAML config (default {DEFAULT_CONFIG.name})")
-    ap.add_argument("--checkpoint", help="medlm checkpoint directory (same as app.checkpoint=...)")
+    ap.add_argument("--checkpoint", help="medlm checkpoint directory or s3:// URI (same as app.checkpoint=...)")
     ap.add_argument("--host")
     ap.add_argument("--port", metavar="INT")  # typed by ServeJobConfig
     ap.add_argument("--detach", action="store_true", default=None, help="deploy and exit instead of blocking")
@@ -75,12 +77,15 @@ def _nest(dotted: str, value) -> dict:
 
 
 def check_app_args(cfg: ServeJobConfig) -> ServeArgs:
-    """The parsed app arguments; a local checkpoint must exist (checked here, before Ray starts)."""
-    from medlm.checkpoint import check_checkpoint_dir
+    """The parsed app arguments; the checkpoint is checked here, before Ray starts: an ``s3://`` one
+    always (bad URI, missing bucket, no checkpoint there), a local one unless on a cluster, where the
+    path may exist only on the GPU workers."""
+    from pipeline.common.storage import is_uri
+    from pipeline.serve.checkpoint import checked_checkpoint
 
     app = cfg.app
-    if not os.environ.get("RAY_ADDRESS"):  # on a cluster the path may exist only on the GPU workers
-        app = app.model_copy(update={"checkpoint": str(check_checkpoint_dir(app.checkpoint).resolve())})
+    if is_uri(app.checkpoint) or not os.environ.get("RAY_ADDRESS"):
+        app = app.model_copy(update={"checkpoint": checked_checkpoint(app.checkpoint)})
     return app
 
 

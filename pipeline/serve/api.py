@@ -82,7 +82,7 @@ class ServeArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: str
+    checkpoint: str  # a local directory or an s3:// URI
     model_name: str = "medlm"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: Optional[int] = Field(None, ge=1)

@@ -11,6 +11,9 @@ forms while the model is busy are merged (up to ``max_batch_size`` requests) int
 instead of queueing one behind another (:class:`DecodeMerger`): without that, 16 concurrent
 clients were decoded in batches of 5 on average and most of the gain was lost.
 
+The checkpoint is a local directory or an ``s3://`` URI (:mod:`pipeline.serve.checkpoint`): the
+driver checks it, and each replica loads its own node's copy.
+
 Routes (request shapes in :mod:`pipeline.serve.api`, replies in :mod:`pipeline.serve.replies`):
     GET  /                       the playground: a page that streams /v1/refine (pipeline/serve/playground.html)
     POST /v1/refine              native: draft + edit refinement, optional SSE stream of every step
@@ -35,10 +38,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from medlm.checkpoint import check_checkpoint_dir, checkpoint_hash, device_and_dtype, load_checkpoint
+from medlm.checkpoint import checkpoint_hash, device_and_dtype, load_checkpoint
 from medlm.sampling import DecodeConfig, generate
 from medlm.tokenizer import decode_response, special_ids
 from pipeline.common.ray_connect import connect_ray
+from pipeline.common.storage import local_copy
 from pipeline.serve.api import (
     ApiError,
     ChatCompletionRequest,
@@ -51,6 +55,7 @@ from pipeline.serve.api import (
     prompt_ids,
 )
 from pipeline.serve.batching import SSE_HEADERS, DecodeJob, DecodeMerger, EventSink, JobResult, sse
+from pipeline.serve.checkpoint import checked_checkpoint
 from pipeline.serve.replies import (
     Outcome,
     StepEvents,
@@ -122,12 +127,13 @@ class MedlmServer:
         if self.args.torch_threads:
             torch.set_num_threads(self.args.torch_threads)
         device, dtype = device_and_dtype(self.args.device)
-        self.model, self.tokenizer = load_checkpoint(self.args.checkpoint, device=device, dtype=dtype)
+        checkpoint = local_copy(self.args.checkpoint)  # this node's copy: the path itself, or a cached download
+        self.model, self.tokenizer = load_checkpoint(checkpoint, device=device, dtype=dtype)
         self.special = special_ids(self.tokenizer)
         self.step_events = StepEvents(self.tokenizer, self.special)
         self.playground = playground_html()
         self.limits = Limits.from_args(self.args, self.model.config.max_position_embeddings)
-        self.checkpoint_hash = checkpoint_hash(self.args.checkpoint)
+        self.checkpoint_hash = checkpoint_hash(checkpoint)
         self.created = int(time.time())
         self.merger = DecodeMerger(self._decode, self.args.max_batch_size)
         self.decode_batch.set_max_batch_size(self.args.max_batch_size)
@@ -331,8 +337,8 @@ def run_local(args: ServeArgs | dict, host: str = "127.0.0.1", port: int = 8000,
     it answers, and return its base URL. Connects to the running Ray (or ``RAY_ADDRESS``), else
     starts a local one."""
     parsed = ServeArgs.parse(args)
-    # a local path: fail here, by name, before any replica tries
-    parsed = parsed.model_copy(update={"checkpoint": str(check_checkpoint_dir(parsed.checkpoint).resolve())})
+    # fail here, by name, before any replica tries; replicas get the resolved path or the s3:// URI
+    parsed = parsed.model_copy(update={"checkpoint": checked_checkpoint(parsed.checkpoint)})
     connect_ray()
     port = port or free_port(host)
     serve.start(http_options={"host": host, "port": port})

@@ -310,20 +310,24 @@ def closest_reference(problem: ToyProblem, draft_text: str) -> str:
     return problem.answers[k]
 
 
+def problems_jsonl(problems: Iterable[ToyProblem]) -> str:
+    """The pipeline's source rows ``{id, question, answer, answers, final}``, one JSON object a line."""
+    lines = []
+    for p in problems:
+        row = {"id": p.id, "question": p.question, "answer": p.answers[0], "answers": list(p.answers), "final": p.final}
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    return "".join(lines)
+
+
 def write_jsonl(problems: Iterable[ToyProblem], path: str | Path, fmt: str = "question_answer") -> int:
-    """Write the pipeline's source rows ``{id, question, answer, answers, final}``; returns the row count."""
+    """Write :func:`problems_jsonl` to ``path``; returns the row count."""
     if fmt != "question_answer":
         raise ValueError(f"unknown format {fmt!r}; known: question_answer")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with path.open("w", encoding="utf-8") as f:
-        for p in problems:
-            row = {"id": p.id, "question": p.question, "answer": p.answers[0],
-                   "answers": list(p.answers), "final": p.final}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
-    return count
+    text = problems_jsonl(problems)
+    path.write_text(text, encoding="utf-8")
+    return text.count("\n")
 
 
 def vocabulary() -> list[str]:

@@ -23,13 +23,17 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Optional
 
 import pyarrow.fs as pafs
+
+from pipeline.common.io import replace_dir
 
 SCHEMES = ("file", "s3")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
@@ -289,6 +293,36 @@ def check_writable(target: Location) -> None:
         raise StorageError(f"cannot write to {target.uri}: {e}") from None
 
 
+@contextmanager
+def publishing_dir(target: Location, *, last: tuple[str, ...] = ("config.json",)) -> Iterator[Path]:
+    """A local directory to fill; when the block ends without an error it replaces ``target`` whole.
+
+    Checkpoints are written by libraries that need a local directory. On a local disk the directory is
+    staged beside ``target`` and renamed into place (``pipeline.common.io.replace_dir``). On object
+    storage the files named in ``last`` (what a reader checks first: ``config.json`` for a checkpoint)
+    are deleted before anything else and uploaded after everything else, so from the first delete
+    until the last upload readers refuse ``target`` instead of loading a mix of two versions.
+    """
+    if target.is_local:
+        final = target.local_path
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+        staging.mkdir()
+    else:
+        staging = Path(tempfile.mkdtemp(prefix="medlm-publish-"))
+    try:
+        yield staging
+        if target.is_local:
+            replace_dir(staging, final)
+        else:
+            for name in last:
+                (target / name).delete()
+            target.delete()
+            target.upload_dir(staging, last=last)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("MEDLM_CACHE_DIR") or Path.home() / ".cache" / "medlm")
 
@@ -303,6 +337,8 @@ def local_copy(target: str | os.PathLike | Location) -> Path:
     loc = location(target)
     if loc.is_local:
         return loc.local_path
+    if not loc.exists():
+        raise StorageError(f"{loc.uri} does not exist")
     files = loc.list(recursive=True)
     if not files:
         raise StorageError(f"{loc.uri} holds no files")

@@ -9,8 +9,9 @@ seconds on the driver instead of a failed cluster job.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
+
+from pipeline.common.storage import Location, location
 
 OBJECTIVES = ("mask", "edit", "mixture", "online")
 # 0: no partitioning, DeepSpeed's plain data parallelism; with one worker there is nothing to partition
@@ -21,7 +22,8 @@ PROBES = ("none", "toy")
 
 @dataclass
 class TrainConfig:
-    # where: the run folder is storage_path/run_name (Ray Train checkpoints, metrics.jsonl, export/)
+    # where: the run folder is storage_path/run_name (Ray Train checkpoints, metrics.jsonl, export/);
+    # storage_path, export_dir, init_from, sources and draft_runs may be local paths or s3:// URIs
     run_name: str = "medlm-train"
     storage_path: str = "runs/train"
     export_dir: Optional[str] = None  # default: <run folder>/export
@@ -73,11 +75,11 @@ class TrainConfig:
     seed: int = 0
     fail_at_step: Optional[int] = None  # test hook: the last worker raises once when reaching this step
 
-    def run_dir(self) -> Path:
-        return Path(self.storage_path).expanduser().resolve() / self.run_name
+    def run_dir(self) -> Location:
+        return location(self.storage_path, check=False) / self.run_name
 
-    def export_path(self) -> Path:
-        return Path(self.export_dir).expanduser().resolve() if self.export_dir else self.run_dir() / "export"
+    def export_path(self) -> Location:
+        return location(self.export_dir, check=False) if self.export_dir else self.run_dir() / "export"
 
     def check(self) -> "TrainConfig":
         """Raise ValueError naming the first setting that cannot work."""

@@ -26,8 +26,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from pipeline.drafts.shards import SCHEMA_VERSION, RunNotReady, open_run
 from pipeline.common.sources import OK, SourceError, read_normalised, resolve_sources
+from pipeline.common.storage import Location, StorageError, location
+from pipeline.drafts.shards import SCHEMA_VERSION, RunNotReady, open_run
 
 DRAFT_COLUMNS = ("id", "prompt_ids", "target_ids", "draft_ids", "token_target", "insert_target")
 EDIT_COLUMNS = ("id", "prompt_ids", "draft_ids", "token_target", "insert_target")
@@ -90,11 +91,11 @@ def open_draft_run(path: str | Path):
     """A complete draft run (``pipeline.drafts.shards.open_run``: _SUCCESS, manifest, version) whose Parquet
     files also carry the schema version and the columns training reads, with integer-list types."""
     try:
-        run = open_run(Path(path).expanduser().resolve())
-    except RunNotReady as e:
+        run = open_run(path)
+    except (RunNotReady, StorageError) as e:
         raise DataError(f"draft run refused: {e}") from None
     for f in run.files:
-        schema = pq.read_schema(f)
+        schema = pq.read_schema(f.path, filesystem=f.fs)
         version = _schema_version(schema)
         if version != SCHEMA_VERSION:
             raise DataError(f"{f} has schema version {version!r} in its Parquet metadata; this trainer reads {SCHEMA_VERSION!r}")
@@ -125,8 +126,10 @@ def check_edit_rows(batch: pa.Table) -> pa.Table:
 
 
 def read_draft_runs(runs: list) -> "ray.data.Dataset":
-    files = [str(f) for run in runs for f in run.files]
-    ds = ray.data.read_parquet(files).select_columns(list(EDIT_COLUMNS))
+    if len({run.run_dir.scheme for run in runs}) > 1:
+        raise DataError("draft_runs must all be local or all on object storage (Ray reads them with one filesystem)")
+    files = [f.path for run in runs for f in run.files]
+    ds = ray.data.read_parquet(files, filesystem=runs[0].run_dir.fs).select_columns(list(EDIT_COLUMNS))
     return ds.map_batches(check_edit_rows, batch_format="pyarrow").materialize()
 
 
@@ -149,18 +152,17 @@ def summarise_block(batch: pa.Table) -> pa.Table:
     return pa.table({"good": [good_rows.num_rows], "longest": [json.dumps(longest)], "rejects": [json.dumps(rejects)]})
 
 
-def _account(ds, name: str, rejects_path: Path, prepared: PreparedData, paths: list[str] = ()) -> list[dict]:
-    """Fill ``prepared`` for dataset ``name`` and append its rejects to ``rejects_path``; returns longest rows."""
+def _account(ds, name: str, reject_lines: list[str], prepared: PreparedData, paths: list[str] = ()) -> list[dict]:
+    """Fill ``prepared`` for dataset ``name`` and add its rejects to ``reject_lines``; returns longest rows."""
     summaries = ds.map_batches(summarise_block, batch_format="pyarrow", batch_size=None).take_all()
     good = sum(int(s["good"]) for s in summaries)
     longest = sorted((r for s in summaries for r in json.loads(s["longest"])), key=lambda r: -r["n_tokens"])
     rejected = [r for s in summaries for r in json.loads(s["rejects"])]
-    with open(rejects_path, "a", encoding="utf-8") as fh:
-        for r in rejected:
-            if r.get("source_index") is not None and paths:
-                r["path"] = paths[r.pop("source_index")]
-            fh.write(json.dumps({"dataset": name, **{k: v for k, v in r.items() if v not in (None, "")}}) + "\n")
-            prepared.rejected[r["reason"]] = prepared.rejected.get(r["reason"], 0) + 1
+    for r in rejected:
+        if r.get("source_index") is not None and paths:
+            r["path"] = paths[r.pop("source_index")]
+        reject_lines.append(json.dumps({"dataset": name, **{k: v for k, v in r.items() if v not in (None, "")}}) + "\n")
+        prepared.rejected[r["reason"]] = prepared.rejected.get(r["reason"], 0) + 1
     prepared.read[name] = good + len(rejected)
     prepared.rows[name] = good
     prepared.longest[name] = longest[0]["n_tokens"] if longest else 0
@@ -183,18 +185,28 @@ def _check_usable(name: str, longest: list[dict], max_len: int, num_workers: int
         )
 
 
-def prepare_data(cfg, tokenizer_dir: str, max_positions: int, run_dir: Path) -> PreparedData:
-    """Read, check and materialise the datasets the objective needs.
+def prepare_data(cfg, tokenizer_dir: str, max_positions: int, run_dir: Location) -> PreparedData:
+    """Read, check and materialise the datasets the objective needs; rejects go to ``run_dir/rejects.jsonl``.
 
     The datasets keep their reject rows (``reason`` set, token lists empty): workers drop them when
     they load their shard, which costs nothing, while filtering here would cost another Ray Data job.
     """
     prepared = PreparedData(datasets={})
-    rejects_path = run_dir / "rejects.jsonl"
-    rejects_path.unlink(missing_ok=True)
+    rejects = run_dir / "rejects.jsonl"
+    rejects.delete()
+    reject_lines: list[str] = []
+    try:
+        _prepare(cfg, tokenizer_dir, max_positions, prepared, reject_lines)
+    finally:  # also when a dataset is refused: its rejects say why
+        if reject_lines:
+            rejects.write_text("".join(reject_lines))
+    return prepared
+
+
+def _prepare(cfg, tokenizer_dir: str, max_positions: int, prepared: PreparedData, reject_lines: list[str]) -> None:
     if cfg.sources:
         ds, paths = read_sources(list(cfg.sources), tokenizer_dir, cfg.gen_len, max_positions)
-        longest = _account(ds, "mask", rejects_path, prepared, paths)
+        longest = _account(ds, "mask", reject_lines, prepared, paths)
         _check_usable("mask", longest, cfg.max_len, cfg.num_workers, prepared)
         prepared.datasets["mask"] = ds
     if cfg.draft_runs:
@@ -203,7 +215,6 @@ def prepare_data(cfg, tokenizer_dir: str, max_positions: int, run_dir: Path) -> 
         if sum(r.num_rows for r in runs) == 0:
             raise DataError(f"the edit dataset is empty: draft runs {', '.join(str(r.run_dir) for r in runs)} hold 0 rows")
         ds = read_draft_runs(runs)
-        longest = _account(ds, "edit", rejects_path, prepared)
+        longest = _account(ds, "edit", reject_lines, prepared)
         _check_usable("edit", longest, cfg.max_len, cfg.num_workers, prepared)
         prepared.datasets["edit"] = ds
-    return prepared

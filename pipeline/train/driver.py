@@ -5,12 +5,13 @@ config, starting checkpoint, DeepSpeed config and data are all checked on the dr
 typo or a bad shard stops the job in seconds with a message naming it, before any worker starts.
 The run folder ``storage_path/run_name`` is also Ray Train's run folder: a second call with the same
 name resumes from its latest checkpoint (Ray Train V2 restores its checkpoint manager from there).
+Every path may be an ``s3://`` URI (``pipeline.common.storage``): Ray Train then keeps its
+checkpoints on object storage, so a worker group restarted on another node resumes from there.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -21,8 +22,8 @@ from ray.train.torch import TorchTrainer
 from medlm.checkpoint import check_checkpoint_dir, new_model, save_checkpoint
 from medlm.modeling import MedlmConfig
 from medlm.tokenizer import build_default_tokenizer, load_tokenizer
-from pipeline.common.io import atomic_path
 from pipeline.common.ray_connect import connect_ray
+from pipeline.common.storage import Location, check_writable, local_copy, location, publishing_dir
 from pipeline.train.ds_config import deepspeed_config
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import prepare_data
@@ -31,9 +32,10 @@ from pipeline.train.metrics import plot_losses, read_metrics
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
-    """Every path resolved on the driver: Ray Train workers run in another working directory."""
+    """Every path resolved on the driver (Ray Train workers run in another working directory) and every
+    ``s3://`` URI checked (scheme, bucket name, bucket reachable), before any work starts."""
     def absolute(p):
-        return str(Path(p).expanduser().resolve()) if p else p
+        return location(p).uri if p else p
 
     return dataclasses.replace(
         cfg, storage_path=absolute(cfg.storage_path), export_dir=absolute(cfg.export_dir),
@@ -43,34 +45,42 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     )
 
 
-def start_checkpoint(cfg: TrainConfig, run_dir: Path) -> Path:
+def start_checkpoint(cfg: TrainConfig, run_dir: Location) -> tuple[str, Path]:
     """``init_from`` after checking it, or a from-scratch ``preset`` model written once into the run folder.
 
-    Writing the random start into the run folder keeps a resumed run on the very same tokenizer and
-    initial weights, and lets every worker load one path.
+    Returns the location workers load (they fetch an ``s3://`` one onto their own node) and a local
+    copy for the driver's checks. Writing the random start into the run folder keeps a resumed run on
+    the very same tokenizer and initial weights, and lets every worker load one path.
     """
     if cfg.init_from:
-        return check_checkpoint_dir(Path(cfg.init_from).expanduser().resolve())
+        return cfg.init_from, check_checkpoint_dir(local_copy(cfg.init_from))
     init_dir = run_dir / "init"
-    if (init_dir / "config.json").exists():
-        return check_checkpoint_dir(init_dir)
-    if cfg.preset == "llada-8b":
-        raise ValueError("preset='llada-8b' cannot be trained from scratch here; set init_from to a converted checkpoint")
-    tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else build_default_tokenizer()
-    model = new_model(cfg.preset, tok, seed=cfg.seed)
-    save_checkpoint(model, tok, init_dir, extra={"preset": cfg.preset, "seed": cfg.seed, "trained_steps": 0})
-    return init_dir
+    if not (init_dir / "config.json").is_file():
+        if cfg.preset == "llada-8b":
+            raise ValueError("preset='llada-8b' cannot be trained from scratch here; set init_from to a converted checkpoint")
+        tok = load_tokenizer(local_copy(cfg.tokenizer)) if cfg.tokenizer else build_default_tokenizer()
+        model = new_model(cfg.preset, tok, seed=cfg.seed)
+        with publishing_dir(init_dir) as staging:
+            save_checkpoint(model, tok, staging, extra={"preset": cfg.preset, "seed": cfg.seed, "trained_steps": 0})
+    return init_dir.uri, check_checkpoint_dir(local_copy(init_dir))
 
 
-def toy_source(cfg: TrainConfig, run_dir: Path) -> str:
+def toy_source(cfg: TrainConfig, run_dir: Location) -> str:
     """The generated toy training set of ``toy_problems`` rows (written once; same seed, same rows)."""
-    from medlm.tasks.toy import generate_problems, write_jsonl
+    from medlm.tasks.toy import generate_problems, problems_jsonl
 
-    path = run_dir / f"toy-train-{cfg.toy_problems}-seed{cfg.seed}.jsonl"
-    if not path.exists():
-        with atomic_path(path) as tmp:
-            write_jsonl(generate_problems(cfg.toy_problems, seed=cfg.seed, split="train"), tmp)
-    return str(path)
+    target = run_dir / f"toy-train-{cfg.toy_problems}-seed{cfg.seed}.jsonl"
+    if not target.is_file():
+        target.write_text(problems_jsonl(generate_problems(cfg.toy_problems, seed=cfg.seed, split="train")))
+    return target.uri
+
+
+def exported_steps(export: Location) -> int:
+    """The trained steps an export records; read in place (an 8B export is not downloaded to check it)."""
+    for name in ("config.json", "medlm_meta.json"):
+        if not (export / name).is_file():
+            raise FileNotFoundError(f"training finished but its export {export} has no {name}")
+    return int((export / "medlm_meta.json").read_json()["trained_steps"])
 
 
 def run_training(cfg: TrainConfig) -> dict:
@@ -83,8 +93,9 @@ def run_training(cfg: TrainConfig) -> dict:
     t0 = time.perf_counter()
     cfg = absolute_paths(cfg.check())
     run_dir = cfg.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    start = start_checkpoint(cfg, run_dir)
+    run_dir.mkdir()
+    check_writable(run_dir)
+    start_uri, start = start_checkpoint(cfg, run_dir)
     model_config = MedlmConfig.from_pretrained(str(start))
     limit = model_config.max_position_embeddings
     if cfg.objective != "edit" and cfg.gen_len >= limit:
@@ -96,21 +107,21 @@ def run_training(cfg: TrainConfig) -> dict:
     # a local Ray gets its dashboard: Ray Train's placement-group cleaner polls the State API it serves,
     # and without it logs "Failed to query Ray Train Controller actor state" about once a second
     connect_ray(include_dashboard=True)
-    prepared = prepare_data(cfg, str(start), limit, run_dir)
-    print(f"[train] {cfg.objective} training of {start} -> {run_dir}: usable rows {prepared.rows}, "
+    prepared = prepare_data(cfg, start_uri, limit, run_dir)
+    print(f"[train] {cfg.objective} training of {start_uri} -> {run_dir}: usable rows {prepared.rows}, "
           f"rejected {prepared.rejected or 'none'}, longest example {prepared.longest} tokens (max_len {cfg.max_len})",
           flush=True)
-    (run_dir / "train_config.json").write_text(json.dumps({
-        "config": dataclasses.asdict(cfg), "start_checkpoint": str(start), "deepspeed": ds_config,
+    (run_dir / "train_config.json").write_json({
+        "config": dataclasses.asdict(cfg), "start_checkpoint": start_uri, "deepspeed": ds_config,
         "rows": prepared.rows, "rows_read": prepared.read, "rejected": prepared.rejected,
         "draft_runs": prepared.draft_runs,
-    }, indent=2))
+    })
 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "train": dataclasses.asdict(cfg), "deepspeed": ds_config, "start_checkpoint": str(start),
-            "run_dir": str(run_dir), "usable_rows": prepared.rows,
+            "train": dataclasses.asdict(cfg), "deepspeed": ds_config, "start_checkpoint": start_uri,
+            "run_dir": run_dir.uri, "usable_rows": prepared.rows,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
@@ -118,7 +129,8 @@ def run_training(cfg: TrainConfig) -> dict:
         ),
         run_config=ray.train.RunConfig(
             name=cfg.run_name,
-            storage_path=str(run_dir.parent),
+            storage_path=run_dir.parent.path,
+            storage_filesystem=None if run_dir.is_local else run_dir.fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         ),
@@ -127,25 +139,24 @@ def run_training(cfg: TrainConfig) -> dict:
     result = trainer.fit()
 
     export_dir = cfg.export_path()
-    check_checkpoint_dir(export_dir)
+    steps = exported_steps(export_dir)
     metrics_path = run_dir / "metrics.jsonl"
     plot = plot_losses(metrics_path, run_dir / "loss.png")
     trained = [r for r in read_metrics(metrics_path) if r.get("event") == "train"]
-    steps = json.loads((export_dir / "medlm_meta.json").read_text())["trained_steps"]
+    rejects = run_dir / "rejects.jsonl"
     return {
-        "run_dir": str(run_dir),
-        "export_dir": str(export_dir),
+        "run_dir": run_dir.uri,
+        "export_dir": export_dir.uri,
         "steps": steps,
         "metrics": dict(result.metrics or {}),
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
-        "metrics_path": str(metrics_path),
-        "loss_plot": str(plot) if plot else None,
+        "metrics_path": metrics_path.uri,
+        "loss_plot": plot.uri if plot else None,
         "first_loss": trained[0]["loss"] if trained else None,
         "last_loss": trained[-1]["loss"] if trained else None,
         "rows": prepared.rows,
         "rows_read": prepared.read,
         "rejected": prepared.rejected,
-        "rejects_path": str(run_dir / "rejects.jsonl") if prepared.rejected else None,
+        "rejects_path": rejects.uri if prepared.rejected else None,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-

@@ -2,28 +2,32 @@
 
 Ray keeps the metrics reported with each checkpoint; this file keeps every logged window, also those
 between checkpoints and those a failed attempt logged before it died (a restart logs a ``resume``
-event, and the plot keeps the last value per step).
+event, and the plot keeps the last value per step). The run folder may be on object storage, so
+both files go through ``pipeline.common.storage``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
+
+from pipeline.common.storage import Location, location
 
 
 PROBES = ("probe_copy", "probe_arith", "probe_word")  # medlm.probe accuracies, when the run probes
 
 
-def append_metrics(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+def append_metrics(path: str | Path | Location, record: dict) -> None:
+    location(path, check=False).append_line(json.dumps({"time": round(time.time(), 3), **record}))
 
 
-def read_metrics(path: Path) -> list[dict]:
-    if not Path(path).exists():
+def read_metrics(path: str | Path | Location) -> list[dict]:
+    target = location(path, check=False)
+    if not target.is_file():
         return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in target.read_text().splitlines() if line.strip()]
 
 
 def loss_curves(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
@@ -38,7 +42,7 @@ def loss_curves(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
     return {name: sorted(points.items()) for name, points in curves.items()}
 
 
-def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
+def plot_losses(metrics_path: str | Path | Location, png_path: str | Path | Location) -> Location | None:
     """Write a PNG of the loss curves (matplotlib, Agg backend); None when nothing was logged."""
     curves = loss_curves(read_metrics(metrics_path))
     if not curves:
@@ -55,7 +59,7 @@ def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
         ax.plot([s for s, _ in points], [v for _, v in points], label=name, marker="." if len(points) < 30 else None)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
-    ax.set_title(Path(metrics_path).parent.name)
+    ax.set_title(location(metrics_path, check=False).parent.name)
     ax.grid(alpha=0.3)
     ax.legend()
     if probes:  # what the loss hides: are numbers copied and computed, or only the phrasing learned?
@@ -69,6 +73,9 @@ def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    return Path(png_path)
+    target = location(png_path, check=False)
+    target.write_bytes(png.getvalue())
+    return target

@@ -8,7 +8,9 @@ DeepSpeed checkpoint to a local folder and reports it, and Ray merges the parts 
 directory. A restarted or re-run attempt resumes from ``ray.train.get_checkpoint()``: weights,
 optimizer, schedule, step counter and the data streams' positions. At the end the weights are
 gathered (parameter by parameter, so ZeRO-3 never needs a whole extra model copy) and exported by
-rank 0 in the medlm format.
+rank 0 in the medlm format. The run folder, the start checkpoint and the export may be on object
+storage (``s3://``): each worker fetches the start checkpoint onto its own node, and the export is
+published whole (``pipeline.common.storage.publishing_dir``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from medlm.probe import number_probe
 from medlm.schedule import cosine_lr
 from medlm.tokenizer import special_ids
 from pipeline.train.online_drafts import draft_rate, resolve_drafts
-from pipeline.common.io import replace_dir
+from pipeline.common.storage import Location, local_copy, location, publishing_dir
 from pipeline.train.batches import EditRows, MaskRows, load_shard
 from pipeline.train.config import TrainConfig
 from pipeline.train.metrics import append_metrics
@@ -105,7 +107,7 @@ class Worker:
 
     def __init__(self, config: dict):
         self.cfg = TrainConfig(**config["train"])
-        self.run_dir = Path(config["run_dir"])
+        self.run_dir: Location = location(config["run_dir"], check=False)
         self.usable_rows: dict = config["usable_rows"]
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
@@ -117,7 +119,8 @@ class Worker:
 
         bf16 = bool(config["deepspeed"].get("bf16", {}).get("enabled"))
         # bf16 halves the host memory of the copy every worker loads before ZeRO partitions it
-        model, self.tokenizer = load_checkpoint(config["start_checkpoint"], dtype=torch.bfloat16 if bf16 else None)
+        model, self.tokenizer = load_checkpoint(local_copy(config["start_checkpoint"]),
+                                                dtype=torch.bfloat16 if bf16 else None)
         self.model_config = model.config
         self.special = special_ids(self.tokenizer)
         model.train()
@@ -234,8 +237,8 @@ class Worker:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def export(self) -> Path | None:
-        """Gather the full weights and let rank 0 write them as a medlm checkpoint (atomically)."""
+    def export(self) -> Location | None:
+        """Gather the full weights and let rank 0 publish them as a medlm checkpoint (whole or not at all)."""
         module = self.engine.module
         state = {}
         # remove_duplicate=False: a tied token head shares the embedding's tensor and would otherwise be
@@ -252,13 +255,11 @@ class Worker:
         if self.model_config.tie_word_embeddings:
             fresh.tie_weights()  # assign=True gave the head its own copy; share the tensor again
         target = self.cfg.export_path()
-        staging = target.with_name(target.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        save_checkpoint(fresh, self.tokenizer, staging, extra={
-            "trained_steps": self.step, "tokens_seen": self.tokens_seen, "objective": self.cfg.objective,
-            "run_name": self.cfg.run_name, "zero_stage": self.cfg.zero_stage, "num_workers": self.world,
-        })
-        replace_dir(staging, target)
+        with publishing_dir(target) as staging:
+            save_checkpoint(fresh, self.tokenizer, staging, extra={
+                "trained_steps": self.step, "tokens_seen": self.tokens_seen, "objective": self.cfg.objective,
+                "run_name": self.cfg.run_name, "zero_stage": self.cfg.zero_stage, "num_workers": self.world,
+            })
         print(f"[train] exported step {self.step} to {target}", flush=True)
         return target
 
@@ -269,7 +270,7 @@ class Worker:
         if cfg.fail_at_step is None or self.step != cfg.fail_at_step or self.rank != self.world - 1:
             return
         marker = self.run_dir / FAIL_MARKER
-        if marker.exists():
+        if marker.is_file():
             return
         marker.write_text(f"worker {self.rank} raised at step {self.step}\n")
         raise RuntimeError(f"fail_at_step={cfg.fail_at_step}: test hook, worker {self.rank} dies once")

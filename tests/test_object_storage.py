@@ -124,7 +124,27 @@ def test_nothing_of_an_s3_run_is_written_to_local_disk(clean_run):
     assert not found, f"an s3:// run wrote files to local disk: {found[:5]}"
 
 
-def test_killed_run_on_s3_is_refused_then_finished_by_a_rerun(clean_run, inputs, monkeypatch, s3):
+def _remove_a_worker_node_once_parts_appear(cluster, s3, prefix: str, removed: threading.Event) -> None:
+    """Remove one worker node (killing whatever runs there) as soon as a new part file is under ``prefix``:
+    the parts there now (a killed run's) must be gone first, as a rerun deletes them before drafting."""
+    victim = sorted(cluster.worker_nodes, key=lambda n: n.unique_id)[-1]
+    old_parts_gone = False
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        has_parts = any("part-" in k for k in list_keys(s3, BUCKET, prefix))
+        old_parts_gone = old_parts_gone or not has_parts
+        if old_parts_gone and has_parts:
+            cluster.remove_node(victim, allow_graceful=False)
+            removed.set()
+            return
+        time.sleep(0.2)
+
+
+def test_killed_run_is_refused_and_its_rerun_survives_a_lost_node_with_the_clean_hash(clean_run, cluster, inputs,
+                                                                                       monkeypatch, s3):
+    """A run killed after its first part file leaves nothing a reader trusts and CURRENT where it was;
+    the rerun with the same id (which deletes the old ``_SUCCESS``-less parts) loses a worker node while
+    drafting, and still finishes with exactly the rows of the clean run."""
     monkeypatch.setenv(CRASH_HOOK_ENV, "1")
     with pytest.raises(RuntimeError, match="test hook"):
         _generate(inputs, "killed")
@@ -135,33 +155,19 @@ def test_killed_run_on_s3_is_refused_then_finished_by_a_rerun(clean_run, inputs,
         open_run(f"s3://{BUCKET}/drafts/runs/killed")
     assert str(current_run(f"s3://{BUCKET}/drafts")).endswith("/runs/clean"), "CURRENT must not move"
     monkeypatch.delenv(CRASH_HOOK_ENV)
-    assert _generate(inputs, "killed") == 0
+
+    removed = threading.Event()
+    watch = threading.Thread(target=_remove_a_worker_node_once_parts_appear,
+                             args=(cluster, s3, "drafts/runs/killed/", removed), daemon=True)
+    watch.start()
+    try:
+        assert _generate(inputs, "killed") == 0
+    finally:
+        watch.join(timeout=310)
+    assert removed.is_set(), "the node was not removed while the rerun was drafting"
     rerun = open_run(f"s3://{BUCKET}/drafts/runs/killed", verify_files=True)
     assert rerun.content_hash == clean_run["run"].content_hash
-
-
-def test_drafting_survives_a_worker_node_removed_mid_run(clean_run, cluster, inputs, s3):
-    victim = cluster.worker_nodes and sorted(cluster.worker_nodes, key=lambda n: n.unique_id)[-1]
-    removed = threading.Event()
-
-    def remove_when_drafting():
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if any("part-" in k for k in list_keys(s3, BUCKET, "drafts/runs/node-lost/")):
-                cluster.remove_node(victim, allow_graceful=False)
-                removed.set()
-                return
-            time.sleep(0.2)
-
-    thread = threading.Thread(target=remove_when_drafting, daemon=True)
-    thread.start()
-    try:
-        assert _generate(inputs, "node-lost") == 0
-    finally:
-        thread.join(timeout=310)
-    assert removed.is_set(), "the node was not removed while the run was drafting"
-    run = open_run(f"s3://{BUCKET}/drafts/runs/node-lost", verify_files=True)
-    assert run.content_hash == clean_run["run"].content_hash
+    assert str(current_run(f"s3://{BUCKET}/drafts")).endswith("/runs/killed")
     cluster.add_node(num_cpus=1, object_store_memory=100 * MB)  # back to two workers for the next tests
     cluster.wait_for_nodes()
 

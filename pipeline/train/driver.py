@@ -93,6 +93,8 @@ def run_training(cfg: TrainConfig) -> dict:
     t0 = time.perf_counter()
     cfg = absolute_paths(cfg.check())
     run_dir = cfg.run_dir()
+    if cfg.init_from:  # a missing start checkpoint is refused before anything is written
+        check_checkpoint_dir(local_copy(cfg.init_from))
     run_dir.mkdir()
     check_writable(run_dir)
     start_uri, start = start_checkpoint(cfg, run_dir)

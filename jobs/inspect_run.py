@@ -12,6 +12,7 @@ import sys
 
 import polars as pl
 
+from pipeline.common.storage import StorageError
 from pipeline.drafts import RunNotReady, open_run
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
@@ -90,11 +91,12 @@ def summary_tables(run_path) -> tuple[dict, dict[str, pl.DataFrame]]:
 
 def cli(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="medlm inspect", description=__doc__)
-    ap.add_argument("run", help="a run directory (OUT/runs/<id>) or an output directory (its CURRENT run)")
+    ap.add_argument("run", help="a run directory (OUT/runs/<id>) or an output directory (its CURRENT run); "
+                                "a local path or an s3:// URI")
     args = ap.parse_args(argv)
     try:
         manifest, tables = summary_tables(args.run)
-    except RunNotReady as e:
+    except (RunNotReady, StorageError) as e:
         print(f"medlm inspect: error: {e}", file=sys.stderr)
         return 2
     rows = manifest["rows"]

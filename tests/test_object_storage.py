@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from jobs import generate as generate_job
-from jobs import init_model
+from jobs import init_model, inspect_run
 from jobs import train as train_job
 from medlm.tasks.toy import generate_problems, write_jsonl
 from pipeline.common.storage import StorageError, location
@@ -117,6 +117,15 @@ def test_draft_run_on_s3_is_published_with_manifest_and_success_last(clean_run, 
     assert run.rejects().column("reason").to_pylist() == ["malformed_json"]
 
 
+def test_inspect_reads_an_s3_run_and_names_a_bad_uri(clean_run, capsys):
+    assert inspect_run.cli([f"s3://{BUCKET}/drafts"]) == 0
+    out = capsys.readouterr().out
+    assert f"rows: read {N_ROWS + 1} = written {N_ROWS} + rejected 1" in out
+    assert clean_run["run"].content_hash in out
+    assert inspect_run.cli(["s3://no-such-bucket/drafts"]) == 2
+    assert "bucket 'no-such-bucket' does not exist" in capsys.readouterr().err
+
+
 def test_nothing_of_an_s3_run_is_written_to_local_disk(clean_run):
     roots = [Path(tempfile.gettempdir()), Path.cwd()]
     found = [p for p in local_files_named(roots, RUN_FILES, clean_run["started"])
@@ -197,7 +206,7 @@ def test_missing_s3_source_and_checkpoint_fail_before_any_work(s3, inputs):
 
 # ------------------------------------------------------------------ training on object storage
 
-TRAIN_STEPS = 160
+TRAIN_STEPS = 100
 TRAIN_FILES = ("metrics.jsonl", "train_config.json", "rejects.jsonl", "loss.png", "toy-train-", "model.safetensors")
 
 

@@ -292,6 +292,22 @@ def test_training_export_on_s3_is_a_checkpoint_serve_and_drafting_can_load(train
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
+def test_regeneration_plans_from_an_s3_run_with_the_newer_s3_checkpoint(clean_run, trained_on_s3):
+    """``--from-run`` on object storage: the old run's sources and recipe, the trained export as the
+    newer checkpoint, the same output prefix, provenance back to the old run (planned, not drafted:
+    drafting itself is the clean run above)."""
+    from pipeline.drafts.plan import config_from_run
+
+    old = clean_run["run"]
+    plan = plan_run(config_from_run(str(old.run_dir), {"checkpoint": trained_on_s3["result"]["export_dir"]}))
+    assert plan.layout.output.uri == f"s3://{BUCKET}/drafts"
+    assert [s.path for s in plan.sources] == [f"s3://{BUCKET}/src/toy.jsonl"]
+    assert plan.checkpoint_uri == f"s3://{BUCKET}/train/node-lost/export"
+    assert plan.checkpoint_hash != old.manifest["checkpoint"]["hash"] and plan.run_id != old.run_id
+    assert plan.derived_from == {"run_id": "clean", "checkpoint_hash": old.manifest["checkpoint"]["hash"],
+                                 "content_hash": old.content_hash}
+
+
 def test_nothing_of_an_s3_training_run_is_written_to_local_disk(trained_on_s3):
     """Only the start checkpoint's cached copies (MEDLM_CACHE_DIR, under pytest's folders) may be local."""
     roots = [Path(tempfile.gettempdir()), Path.cwd()]

@@ -117,6 +117,17 @@ def test_draft_run_on_s3_is_published_with_manifest_and_success_last(clean_run, 
     assert run.rejects().column("reason").to_pylist() == ["malformed_json"]
 
 
+def test_source_tasks_fetch_the_tokenizer_but_not_the_weights(clean_run):
+    """Normalising sources needs only the tokenizer: the CPU tasks' cached copy has no weight files."""
+    from pipeline.common.storage import cache_dir
+
+    copies = list((cache_dir() / "objects").glob("tiny-*-noweights"))
+    assert copies, "the source tasks fetched no tokenizer-only copy"
+    for copy in copies:
+        names = {p.name for p in copy.iterdir()}
+        assert "tokenizer.json" in names and not any(n.endswith(".safetensors") for n in names), names
+
+
 def test_inspect_reads_an_s3_run_and_names_a_bad_uri(clean_run, capsys):
     assert inspect_run.cli([f"s3://{BUCKET}/drafts"]) == 0
     out = capsys.readouterr().out

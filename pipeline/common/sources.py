@@ -180,8 +180,8 @@ def records_of_file(source_index: int, source: SourceFile) -> pa.Table:
 @lru_cache(maxsize=4)
 def _tokenizer(checkpoint: str):
     """Loaded once per worker process (Ray reuses task workers across batches); ``checkpoint`` may be
-    an ``s3://`` URI, fetched once into the local cache."""
-    return load_tokenizer(local_copy(checkpoint))
+    an ``s3://`` URI, whose tokenizer files (not its weights) are fetched once into the local cache."""
+    return load_tokenizer(local_copy(checkpoint, weights=False))
 
 
 def _excerpt(raw: bytes) -> str:

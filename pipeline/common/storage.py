@@ -228,10 +228,11 @@ class Location:
                 with open(p, "rb") as src, self.fs.open_output_stream(target.path) as dst:
                     shutil.copyfileobj(src, dst, _CHUNK)
 
-    def download_dir(self, local_dir: str | Path) -> Path:
+    def download_dir(self, local_dir: str | Path, files: Optional[list["Location"]] = None) -> Path:
+        """Copy every file below this directory (or only ``files``, which lie below it) into ``local_dir``."""
         local_dir = Path(local_dir)
         base = self.path.rstrip("/") + "/"
-        for f in self.list(recursive=True):
+        for f in self.list(recursive=True) if files is None else files:
             dest = local_dir / f.path[len(base):]
             dest.parent.mkdir(parents=True, exist_ok=True)
             with self.fs.open_input_stream(f.path) as src, open(dest, "wb") as dst:
@@ -327,32 +328,37 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MEDLM_CACHE_DIR") or Path.home() / ".cache" / "medlm")
 
 
-def local_copy(target: str | os.PathLike | Location) -> Path:
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def local_copy(target: str | os.PathLike | Location, *, weights: bool = True) -> Path:
     """A local directory with the content of ``target``: itself when local, else a cached download.
 
     Model weights have to be on a local disk to be loaded; the cache is keyed by the URI and the
     listing (names, sizes, modification times), so a checkpoint rewritten in place is fetched again.
     The copy is made in a temporary directory and renamed, so a killed download is never used.
+    ``weights=False`` leaves the weight files out: a tokenizer or a config is all that CPU data tasks
+    need of a checkpoint that may weigh gigabytes.
     """
     loc = location(target)
     if loc.is_local:
         return loc.local_path
     if not loc.exists():
         raise StorageError(f"{loc.uri} does not exist")
-    files = loc.list(recursive=True)
+    files = [f for f in loc.list(recursive=True) if weights or not f.name.endswith(WEIGHT_SUFFIXES)]
     if not files:
         raise StorageError(f"{loc.uri} holds no files")
     infos = loc.fs.get_file_info([f.path for f in files])
     key = hashlib.sha256(
         json.dumps([loc.uri] + [[i.path, i.size, str(i.mtime)] for i in infos]).encode()
     ).hexdigest()[:16]
-    dest = cache_dir() / "objects" / f"{loc.name}-{key}"
+    dest = cache_dir() / "objects" / (f"{loc.name}-{key}" + ("" if weights else "-noweights"))
     if dest.is_dir():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        loc.download_dir(tmp)
+        loc.download_dir(tmp, files)
         try:
             os.replace(tmp, dest)
         except OSError:  # another process finished the same download first

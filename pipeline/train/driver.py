@@ -58,7 +58,7 @@ def start_checkpoint(cfg: TrainConfig, run_dir: Location) -> tuple[str, Path]:
     if not (init_dir / "config.json").is_file():
         if cfg.preset == "llada-8b":
             raise ValueError("preset='llada-8b' cannot be trained from scratch here; set init_from to a converted checkpoint")
-        tok = load_tokenizer(local_copy(cfg.tokenizer)) if cfg.tokenizer else build_default_tokenizer()
+        tok = load_tokenizer(local_copy(cfg.tokenizer, weights=False)) if cfg.tokenizer else build_default_tokenizer()
         model = new_model(cfg.preset, tok, seed=cfg.seed)
         with publishing_dir(init_dir) as staging:
             save_checkpoint(model, tok, staging, extra={"preset": cfg.preset, "seed": cfg.seed, "trained_steps": 0})

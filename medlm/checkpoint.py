@@ -29,6 +29,22 @@ def save_checkpoint(model: MedlmForEditing, tokenizer, out_dir: str | Path, extr
     return out
 
 
+def check_checkpoint_config(cfg: dict, where: str) -> None:
+    """Refuse a ``config.json`` of another architecture, naming ``where`` it came from."""
+    if cfg.get("model_type") != MedlmConfig.model_type:
+        hint = " (convert an LLaDA checkpoint with `medlm convert` first)" if "llada" in json.dumps(cfg).lower() else ""
+        raise ValueError(
+            f"{where} holds a checkpoint of architecture {cfg.get('model_type') or cfg.get('architectures')!r}, "
+            f"not {MedlmConfig.model_type!r}{hint}"
+        )
+
+
+def check_weight_names(names: set[str], where: str, require_insert_head: bool = True) -> None:
+    """Refuse weights that cannot refine drafts (no insertion head) when the caller needs editing."""
+    if require_insert_head and "insert_head.weight" not in names:
+        raise ValueError(f"{where} has no insertion head (insert_head.weight): it cannot refine drafts")
+
+
 def check_checkpoint_dir(path: str | Path, require_insert_head: bool = True) -> Path:
     """Fail early, naming the problem, when ``path`` is not a medlm checkpoint.
 
@@ -41,13 +57,7 @@ def check_checkpoint_dir(path: str | Path, require_insert_head: bool = True) -> 
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{path} has no config.json; is it a checkpoint directory?")
-    cfg = json.loads(cfg_file.read_text())
-    if cfg.get("model_type") != MedlmConfig.model_type:
-        hint = " (convert an LLaDA checkpoint with `medlm convert` first)" if "llada" in json.dumps(cfg).lower() else ""
-        raise ValueError(
-            f"{path} holds a checkpoint of architecture {cfg.get('model_type') or cfg.get('architectures')!r}, "
-            f"not {MedlmConfig.model_type!r}{hint}"
-        )
+    check_checkpoint_config(json.loads(cfg_file.read_text()), str(path))
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
         raise FileNotFoundError(f"{path} has no .safetensors weights")
@@ -55,8 +65,7 @@ def check_checkpoint_dir(path: str | Path, require_insert_head: bool = True) -> 
     for f in weights:
         with safe_open(str(f), framework="pt") as fh:
             names.update(fh.keys())
-    if require_insert_head and "insert_head.weight" not in names:
-        raise ValueError(f"{path} has no insertion head (insert_head.weight): it cannot refine drafts")
+    check_weight_names(names, str(path), require_insert_head)
     return path
 
 

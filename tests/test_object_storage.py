@@ -128,6 +128,24 @@ def test_source_tasks_fetch_the_tokenizer_but_not_the_weights(clean_run):
         assert "tokenizer.json" in names and not any(n.endswith(".safetensors") for n in names), names
 
 
+def test_a_checkpoint_on_s3_is_checked_in_place_without_its_weights(inputs):
+    """The driver-side check reads config.json and the safetensors headers from S3; the copy it keeps
+    holds the config and tokenizer, never the weights."""
+    from safetensors import safe_open
+
+    from pipeline.common.checkpoints import check_checkpoint_at, safetensors_names
+
+    light = check_checkpoint_at(inputs["checkpoint"])
+    names = {p.name for p in light.iterdir()}
+    assert "config.json" in names and "tokenizer.json" in names
+    assert not any(n.endswith(".safetensors") for n in names), names
+    local_weights = inputs["local_checkpoint"] / "model.safetensors"
+    with safe_open(str(local_weights), framework="pt") as fh:
+        expected = set(fh.keys())
+    assert safetensors_names(location(f"{inputs['checkpoint']}/model.safetensors")) == expected
+    assert "insert_head.weight" in expected
+
+
 def test_inspect_reads_an_s3_run_and_names_a_bad_uri(clean_run, capsys):
     assert inspect_run.cli([f"s3://{BUCKET}/drafts"]) == 0
     out = capsys.readouterr().out

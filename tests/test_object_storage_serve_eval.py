@@ -10,6 +10,7 @@ the cluster exists: the jobs must refuse them (exit 2, naming the problem) witho
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -119,8 +120,13 @@ def test_eval_refuses_a_bad_out_dir_uri_before_ray_starts(s3, checkpoint, uri, m
 # ------------------------------------------------------------------ Serve on the cluster
 
 
-def test_serve_replica_loads_its_checkpoint_from_s3_and_answers_http(cluster, checkpoint):
+def driver_weight_copies(s3) -> set[Path]:
+    return set((s3["root"] / "cache-driver" / "objects").glob("tiny-*/*.safetensors"))
+
+
+def test_serve_replica_loads_its_checkpoint_from_s3_and_answers_http(s3, cluster, checkpoint):
     caches = cluster["caches"]
+    shutil.rmtree(s3["root"] / "cache-driver", ignore_errors=True)  # eval's refusal tests above cached the weights
     assert not any(fetched_into(c) for c in caches)
     try:
         url = run_local({"checkpoint": CHECKPOINT, "num_cpus": 0.5}, port=free_port())
@@ -134,6 +140,7 @@ def test_serve_replica_loads_its_checkpoint_from_s3_and_answers_http(cluster, ch
     finally:
         serve.shutdown()
     assert sum(fetched_into(c) for c in caches) == 1, "the one replica fetched the checkpoint on its own node"
+    assert not driver_weight_copies(s3), "the driver checks an s3:// checkpoint in place, fetching no weights"
 
 
 # ------------------------------------------------------------------ evaluation on the cluster

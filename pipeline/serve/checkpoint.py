@@ -8,19 +8,18 @@ on another node never depends on a path that exists only where the driver ran.
 
 from __future__ import annotations
 
-from medlm.checkpoint import check_checkpoint_dir
-from pipeline.common.storage import StorageError, local_copy, location
+from pipeline.common.checkpoints import check_checkpoint_at
+from pipeline.common.storage import location
 
 __all__ = ["checked_checkpoint"]
 
 
 def checked_checkpoint(target: str) -> str:
-    """The checkpoint as replicas should receive it: a resolved local path, or the URI as given."""
+    """The checkpoint as replicas should receive it: a resolved local path, or the URI as given.
+
+    An ``s3://`` checkpoint is checked in place (config and safetensors headers), not downloaded: the
+    driver may run where there is no room, or no need, for the weights.
+    """
     loc = location(target)
-    try:
-        check_checkpoint_dir(local_copy(loc))
-    except (FileNotFoundError, ValueError) as e:
-        if loc.is_local or isinstance(e, StorageError):
-            raise
-        raise StorageError(f"{loc.uri} is not a medlm checkpoint: {e}") from None  # the URI, not the cache
+    check_checkpoint_at(loc)
     return loc.uri

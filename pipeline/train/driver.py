@@ -19,9 +19,10 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from medlm.checkpoint import check_checkpoint_dir, new_model, save_checkpoint
+from medlm.checkpoint import new_model, save_checkpoint
 from medlm.modeling import MedlmConfig
 from medlm.tokenizer import build_default_tokenizer, load_tokenizer
+from pipeline.common.checkpoints import check_checkpoint_at
 from pipeline.common.ray_connect import connect_ray
 from pipeline.common.storage import Location, check_writable, local_copy, location, publishing_dir
 from pipeline.train.ds_config import deepspeed_config
@@ -49,11 +50,12 @@ def start_checkpoint(cfg: TrainConfig, run_dir: Location) -> tuple[str, Path]:
     """``init_from`` after checking it, or a from-scratch ``preset`` model written once into the run folder.
 
     Returns the location workers load (they fetch an ``s3://`` one onto their own node) and a local
-    copy for the driver's checks. Writing the random start into the run folder keeps a resumed run on
+    directory with its config and tokenizer for the driver (an ``s3://`` checkpoint is checked in place,
+    its weights never downloaded to the driver). Writing the random start into the run folder keeps a resumed run on
     the very same tokenizer and initial weights, and lets every worker load one path.
     """
     if cfg.init_from:
-        return cfg.init_from, check_checkpoint_dir(local_copy(cfg.init_from))
+        return cfg.init_from, check_checkpoint_at(cfg.init_from)
     init_dir = run_dir / "init"
     if not (init_dir / "config.json").is_file():
         if cfg.preset == "llada-8b":
@@ -62,7 +64,7 @@ def start_checkpoint(cfg: TrainConfig, run_dir: Location) -> tuple[str, Path]:
         model = new_model(cfg.preset, tok, seed=cfg.seed)
         with publishing_dir(init_dir) as staging:
             save_checkpoint(model, tok, staging, extra={"preset": cfg.preset, "seed": cfg.seed, "trained_steps": 0})
-    return init_dir.uri, check_checkpoint_dir(local_copy(init_dir))
+    return init_dir.uri, check_checkpoint_at(init_dir)
 
 
 def toy_source(cfg: TrainConfig, run_dir: Location) -> str:
@@ -94,7 +96,7 @@ def run_training(cfg: TrainConfig) -> dict:
     cfg = absolute_paths(cfg.check())
     run_dir = cfg.run_dir()
     if cfg.init_from:  # a missing start checkpoint is refused before anything is written
-        check_checkpoint_dir(local_copy(cfg.init_from))
+        check_checkpoint_at(cfg.init_from)
     run_dir.mkdir()
     check_writable(run_dir)
     start_uri, start = start_checkpoint(cfg, run_dir)

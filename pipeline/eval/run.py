@@ -46,6 +46,7 @@ from medlm.evaluation import (
 from medlm.modeling import MedlmConfig
 from medlm.tasks import get_task
 from medlm.tokenizer import load_tokenizer, tokenizer_hash
+from pipeline.common.checkpoints import check_checkpoint_at
 from pipeline.common.ray_connect import connect_ray
 from pipeline.common.storage import Location, StorageError, check_writable, local_copy, location
 
@@ -90,12 +91,9 @@ def _resolve(checkpoint: str, out_dir: str) -> tuple[Location, Path, Location]:
     missing bucket or a missing checkpoint is refused by name. Nothing is written yet."""
     try:
         ckpt = location(checkpoint)
+        if not ckpt.is_local:  # checked in place, naming the URI (a check of the copy would name the cache)
+            check_checkpoint_at(ckpt, require_insert_head=False)
         local = local_copy(ckpt)
-        if not ckpt.is_local:  # name the URI, not the cache directory it was fetched to
-            try:
-                check_checkpoint_dir(local, require_insert_head=False)
-            except (FileNotFoundError, ValueError) as e:
-                raise StorageError(f"{ckpt.uri} is not a medlm checkpoint: {e}") from None
     except StorageError as e:
         raise StorageError(f"checkpoint: {e}") from None
     try:

@@ -124,16 +124,26 @@ def mask_diffusion(
     configs: Sequence[DecodeConfig],
     special: SpecialIds,
     on_step: Optional[Callable[[int, int, list[int]], None]] = None,
+    starts: Optional[Sequence[Optional[Sequence[int]]]] = None,
 ) -> list[tuple[list[int], int]]:
     """Draft each response by masked diffusion. Returns (raw response of gen_len tokens, NFE) per prompt.
 
     ``on_step(seq_index, step, response)`` sees every sequence's raw response (``<|mask|>`` where not yet
     committed) after each of its steps, for streaming; it only reads, so results do not change.
+    ``starts`` optionally gives a response of ``gen_len`` tokens to start from instead of all masks (ME-DLM
+    drafts its training data from a partly masked reference): only its ``<|mask|>`` positions are filled.
     """
     device = _model_device(model)
     vocab = model.config.vocab_size
     n = len(prompts)
-    seqs = [list(p) + [special.mask] * c.gen_len for p, c in zip(prompts, configs)]
+    starts = list(starts) if starts is not None else [None] * n
+    if len(starts) != n:
+        raise ValueError(f"starts holds {len(starts)} responses for {n} prompts")
+    for s, c in zip(starts, configs):
+        if s is not None and len(s) != c.gen_len:
+            raise ValueError(f"a start response of {len(s)} tokens does not fit gen_len={c.gen_len}")
+    seqs = [list(p) + (list(s) if s is not None else [special.mask] * c.gen_len)
+            for p, c, s in zip(prompts, configs, starts)]
     plen = [len(p) for p in prompts]
     schedules = [_block_schedule(c) for c in configs]
     block_idx = [0] * n

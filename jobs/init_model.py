@@ -10,7 +10,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field
 
 from jobs.config import ConfigError, build
-from medlm.checkpoint import new_model, save_checkpoint
+from medlm.checkpoint import UNTRAINED_HEADS, new_model, save_checkpoint
 from medlm.modeling import count_parameters
 from medlm.tokenizer import DEFAULT_VOCAB_SIZE, build_default_tokenizer, load_tokenizer
 
@@ -45,6 +45,6 @@ def cli(argv: list[str]) -> int:
         print(f"tokenizer ({len(tok)} tokens) written to {args.out}")
         return 0
     model = new_model(args.preset, tok, seed=args.seed)
-    save_checkpoint(model, tok, args.out, extra={"preset": args.preset, "seed": args.seed, "trained_steps": 0})
+    save_checkpoint(model, tok, args.out, extra={"preset": args.preset, "seed": args.seed, "trained_steps": 0, **UNTRAINED_HEADS})
     print(f"{args.preset} model ({count_parameters(model):,} parameters, vocab {len(tok)}) written to {args.out}")
     return 0

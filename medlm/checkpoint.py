@@ -25,8 +25,41 @@ def save_checkpoint(model: MedlmForEditing, tokenizer, out_dir: str | Path, extr
     model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     if extra:
-        (out / "medlm_meta.json").write_text(json.dumps(extra, indent=2, sort_keys=True))
+        (out / META_FILE).write_text(json.dumps(extra, indent=2, sort_keys=True))
     return out
+
+
+META_FILE = "medlm_meta.json"
+# What the two heads have been trained on, counted over the checkpoint's whole history (a run started from
+# another checkpoint adds to its counts). The insertion head learns only from edit examples: a checkpoint
+# whose count is 0 (``medlm init``, a converted LLaDA model, a mask-only base) has an insertion head that
+# would grow drafts with junk if it were asked to edit.
+EDIT_EXAMPLES_SEEN = "edit_examples_seen"
+MASK_EXAMPLES_SEEN = "mask_examples_seen"
+UNTRAINED_HEADS = {EDIT_EXAMPLES_SEEN: 0, MASK_EXAMPLES_SEEN: 0}
+
+
+def edit_examples_seen(meta: dict | None) -> int | None:
+    """Edit examples the insertion head was trained on, from a checkpoint's ``medlm_meta.json``
+    (None when the checkpoint does not record it: made by other code)."""
+    if not meta or meta.get(EDIT_EXAMPLES_SEEN) is None:
+        return None
+    return int(meta[EDIT_EXAMPLES_SEEN])
+
+
+def check_insert_head_trained(meta: dict | None, where: str, setting: str) -> bool:
+    """Refuse ``setting`` (a request for edit steps) when ``where``'s insertion head never saw an edit label.
+
+    Returns False, without raising, when the checkpoint does not record its training (the caller warns).
+    """
+    seen = edit_examples_seen(meta)
+    if seen == 0:
+        raise ValueError(
+            f"{setting} asks for edit steps from {where}, whose insertion head has never been trained on edit "
+            f"labels ({META_FILE}: {EDIT_EXAMPLES_SEEN}=0): it would grow drafts with junk. Set it to 0, or use a "
+            "checkpoint trained with objective edit, mixture or online"
+        )
+    return seen is not None
 
 
 def check_checkpoint_config(cfg: dict, where: str) -> None:
@@ -112,6 +145,12 @@ def checkpoint_hash(path: str | Path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def read_meta(path: str | Path) -> dict | None:
+    """A local checkpoint's ``medlm_meta.json``, or None when it has none."""
+    f = Path(path) / META_FILE
+    return json.loads(f.read_text()) if f.is_file() else None
 
 
 def new_model(preset: str, tokenizer, seed: int = 0, **overrides) -> MedlmForEditing:

@@ -30,6 +30,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from medlm.checkpoint import UNTRAINED_HEADS
 from medlm.modeling import MedlmConfig
 from medlm.tokenizer import DEL, IM_END, IM_START, PAD, special_ids
 
@@ -150,6 +151,8 @@ def convert_llada(src_dir: str | Path, out_dir: str | Path) -> Path:
     save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
     tok.save_pretrained(str(out))
     (out / "medlm_meta.json").write_text(
-        json.dumps({"converted_from": str(src), "source_vocab": old_vocab, "added_tokens": missing}, indent=2)
+        json.dumps({"converted_from": str(src), "source_vocab": old_vocab, "added_tokens": missing,
+                    # the insertion head is a copy of the token head: trained on nothing yet
+                    **UNTRAINED_HEADS}, indent=2)
     )
     return out

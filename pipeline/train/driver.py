@@ -19,7 +19,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from medlm.checkpoint import new_model, save_checkpoint
+from medlm.checkpoint import UNTRAINED_HEADS, new_model, save_checkpoint
 from medlm.modeling import MedlmConfig
 from medlm.tokenizer import build_default_tokenizer, load_tokenizer
 from pipeline.common.checkpoints import check_checkpoint_at
@@ -63,7 +63,8 @@ def start_checkpoint(cfg: TrainConfig, run_dir: Location) -> tuple[str, Path]:
         tok = load_tokenizer(local_copy(cfg.tokenizer, weights=False)) if cfg.tokenizer else build_default_tokenizer()
         model = new_model(cfg.preset, tok, seed=cfg.seed)
         with publishing_dir(init_dir) as staging:
-            save_checkpoint(model, tok, staging, extra={"preset": cfg.preset, "seed": cfg.seed, "trained_steps": 0})
+            save_checkpoint(model, tok, staging, extra={"preset": cfg.preset, "seed": cfg.seed, "trained_steps": 0,
+                                                      **UNTRAINED_HEADS})
     return init_dir.uri, check_checkpoint_at(init_dir)
 
 

@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 import ray.train
 import ray.train.torch
-from medlm.checkpoint import load_checkpoint, save_checkpoint
+from medlm.checkpoint import EDIT_EXAMPLES_SEEN, MASK_EXAMPLES_SEEN, load_checkpoint, read_meta, save_checkpoint
 from medlm.losses import mixture_loss
 from medlm.modeling import MedlmForEditing
 from medlm.packing import ExampleStream, Packer, collate
@@ -119,8 +119,10 @@ class Worker:
 
         bf16 = bool(config["deepspeed"].get("bf16", {}).get("enabled"))
         # bf16 halves the host memory of the copy every worker loads before ZeRO partitions it
-        model, self.tokenizer = load_checkpoint(local_copy(config["start_checkpoint"]),
-                                                dtype=torch.bfloat16 if bf16 else None)
+        start = local_copy(config["start_checkpoint"])
+        model, self.tokenizer = load_checkpoint(start, dtype=torch.bfloat16 if bf16 else None)
+        # the heads' training history carries over from the start checkpoint (unknown counts stay unknown)
+        self.start_meta = read_meta(start) or {}
         self.model_config = model.config
         self.special = special_ids(self.tokenizer)
         model.train()
@@ -137,6 +139,7 @@ class Worker:
         )
         self.step = 0
         self.tokens_seen = 0
+        self.examples_seen = {MASK_EXAMPLES_SEEN: 0, EDIT_EXAMPLES_SEEN: 0}  # this run's, over all workers
         self.stream_state: dict | None = None
         self._restore()
         self.stream = self._open_stream()
@@ -175,6 +178,7 @@ class Worker:
             self.engine.load_checkpoint(folder, tag=state["tag"])
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
+        self.examples_seen = state.get("examples_seen", self.examples_seen)
         self.stream_state = state["streams"][self.rank]
         if self.rank == 0:
             print(f"[train] resumed from {checkpoint.path} at step {self.step}", flush=True)
@@ -230,7 +234,7 @@ class Worker:
             self.engine.save_checkpoint(folder, tag=tag)
             if self.rank == 0:
                 state = {"step": self.step, "tag": tag, "world_size": self.world, "tokens_seen": self.tokens_seen,
-                         "streams": streams, "objective": self.cfg.objective, "zero_stage": self.cfg.zero_stage}
+                         "examples_seen": self.examples_seen, "streams": streams, "objective": self.cfg.objective, "zero_stage": self.cfg.zero_stage}
                 (Path(folder) / TRAIN_STATE).write_text(json.dumps(state))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
                              checkpoint_dir_name=f"checkpoint_{tag}")
@@ -259,9 +263,19 @@ class Worker:
             save_checkpoint(fresh, self.tokenizer, staging, extra={
                 "trained_steps": self.step, "tokens_seen": self.tokens_seen, "objective": self.cfg.objective,
                 "run_name": self.cfg.run_name, "zero_stage": self.cfg.zero_stage, "num_workers": self.world,
+                **self._heads_history(),
             })
         print(f"[train] exported step {self.step} to {target}", flush=True)
         return target
+
+    def _heads_history(self) -> dict:
+        """Examples each head was trained on, the start checkpoint's plus this run's. Where the start
+        checkpoint does not say (made by other code), this run's count is a lower bound, and 0 stays unknown."""
+        out = {}
+        for key, seen in self.examples_seen.items():
+            before = self.start_meta.get(key)
+            out[key] = int(before) + int(seen) if before is not None else (int(seen) or None)
+        return out
 
     # -------------------------------------------------------------- the loop
 
@@ -297,6 +311,8 @@ class Worker:
             summary = window.reduce(self._comm_device())
             elapsed = time.perf_counter() - t_window
             self.tokens_seen += summary["tokens"]
+            self.examples_seen[MASK_EXAMPLES_SEEN] += summary["mask_seqs"]
+            self.examples_seen[EDIT_EXAMPLES_SEEN] += summary["edit_seqs"]
             grad_norm = self.engine.get_global_grad_norm()
             metrics = {
                 "step": self.step, **summary, "lr": float(self.engine.get_lr()[0]),

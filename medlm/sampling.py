@@ -5,11 +5,28 @@ one row per step, so a finished sequence costs nothing, lengths may change freel
 a request decodes the same whether it runs alone or packed with others (no shared padding, per
 request seeds).
 
-Mask diffusion (LLaDA-style low-confidence remasking): a response of ``gen_len`` masks is filled in
-``mask_steps`` forward passes. Each step predicts every masked position, then commits the most
-confident ones: ``ceil(masked_left / steps_left)`` of them, or all above ``threshold`` when that is
-more. With ``block_size`` the response is filled block by block (semi-autoregressive), the step
-budget split evenly over blocks. ``<|del|>`` and ``<|mask|>`` are never sampled here.
+Mask diffusion (LLaDA's ``generate``): a response of ``gen_len`` masks is filled in ``mask_steps``
+forward passes. Each step predicts every masked position, then commits the highest-ranked ones:
+``ceil(masked_left / steps_left)`` of them (LLaDA's ``get_num_transfer_tokens`` schedule), or all
+above ``threshold`` when that is more. With ``block_size`` the response is filled block by block
+(semi-autoregressive), the step budget split evenly over blocks. ``<|del|>`` and ``<|mask|>`` are
+never sampled here. The LLaDA options a user relies on are ``DecodeConfig`` fields:
+
+- ``temperature`` > 0 samples each position by Gumbel-max on float64 logits
+  (``argmax exp(l) / (-log u)^T``) and ranks by the *clean* softmax probability of the sampled token;
+- ``remasking="random"`` ranks by uniform random scores instead of confidence;
+- ``cfg_scale`` > 0 runs the model a second time with the prompt fully masked (one more packed
+  sequence, so batching still does not change a result) and uses ``un + (cfg + 1) * (cond - un)``;
+- ``logits_eos_inf`` never samples an end token; ``confidence_eos_eot_inf`` ranks a position whose
+  sampled token is an end token last (ME-DLM's and LLaDA-Instruct's evaluation setting). End tokens:
+  ``SpecialIds.end_ids`` (``<|im_end|>``, eos, a tokenizer's own ``<|eot_id|>``), pad (the 8B's
+  padding is its eos) and ``stop_ids``.
+
+Random numbers, in the order a reference must draw them to reproduce a decode: one CPU
+``torch.Generator`` per request seeded with ``seed``; at every mask step, first (``temperature`` > 0)
+a float64 uniform tensor ``[n_masked, vocab]`` for the Gumbel noise, then (``remasking="random"``) a
+float64 uniform vector ``[n_masked]`` of scores, where ``n_masked`` counts all still-masked response
+positions (every block, in position order). Ties in the ranking go to the leftmost position.
 
 Edit refinement: up to ``edit_steps`` forward passes over prompt + draft (pads stripped). The token
 head proposes keep / replace / delete per response token, the insertion head one insert per gap;
@@ -32,6 +49,7 @@ from medlm.packing import pack
 from medlm.tokenizer import SpecialIds
 
 NEG_INF = float("-inf")
+REMASKING = ("low_confidence", "random")
 
 
 @dataclass
@@ -47,8 +65,28 @@ class DecodeConfig:
     max_len: Optional[int] = None  # cap on the edited response length; default gen_len
     temperature: float = 0.0
     seed: int = 0
+    remasking: str = "low_confidence"  # or "random": the commit order of mask diffusion (module note)
+    cfg_scale: float = 0.0  # classifier-free guidance of mask diffusion; 0 = off
+    logits_eos_inf: bool = False  # never sample an end token while drafting
+    confidence_eos_eot_inf: bool = False  # commit end tokens last while drafting
+    stop_ids: tuple[int, ...] = ()  # more token ids that end a response, besides SpecialIds.end_ids
 
-    def validate(self, max_positions: int | None = None, prompt_len: int = 0) -> None:
+    def validate(self, max_positions: int | None = None, prompt_len: int = 0, vocab_size: int | None = None) -> None:
+        if self.remasking not in REMASKING:
+            raise ValueError(f"remasking must be one of {', '.join(map(repr, REMASKING))}, got {self.remasking!r}")
+        if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float)) \
+                or not math.isfinite(self.cfg_scale) or self.cfg_scale < 0:
+            raise ValueError(f"cfg_scale must be a finite number >= 0, got {self.cfg_scale!r}")
+        if self.remasking == "random" and self.threshold is not None:
+            raise ValueError("remasking='random' ranks by random scores, which a confidence threshold cannot "
+                             "compare against; leave threshold unset")
+        if isinstance(self.stop_ids, (str, bytes)) or not all(
+                isinstance(t, int) and not isinstance(t, bool) for t in self.stop_ids):
+            raise ValueError(f"stop_ids must be a list of token ids (integers), got {self.stop_ids!r}")
+        bad = [t for t in self.stop_ids if t < 0 or (vocab_size is not None and t >= vocab_size)]
+        if bad:
+            where = f"[0, {vocab_size})" if vocab_size is not None else "the non-negative ids"
+            raise ValueError(f"stop_ids: token id {bad[0]} is outside the vocabulary {where}")
         if self.gen_len < 1:
             raise ValueError(f"gen_len must be >= 1, got {self.gen_len}")
         if self.mask_steps < 1:
@@ -117,6 +155,22 @@ def _block_schedule(cfg: DecodeConfig) -> list[tuple[int, int, int]]:
     return [(s, e, base + (1 if b < extra else 0)) for b, (s, e) in enumerate(bounds)]
 
 
+def end_token_ids(cfg: DecodeConfig, special: SpecialIds) -> list[int]:
+    """Tokens ``logits_eos_inf`` / ``confidence_eos_eot_inf`` act on: every end token and pad (LLaDA's
+    eos is also its padding), sorted."""
+    return sorted(set(special.end_ids) | {special.pad} | set(cfg.stop_ids))
+
+
+def _llada_sample(logits: torch.Tensor, temperature: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token, clean probability of that token) per row at ``temperature`` > 0, as LLaDA samples:
+    Gumbel-max in float64, ``argmax exp(l) / (-log u)^T``, u drawn from ``gen`` on the CPU."""
+    l64 = logits.double()
+    u = torch.rand(l64.shape, generator=gen, dtype=torch.float64).to(l64.device)
+    pred = torch.argmax(l64.exp() / (-torch.log(u)) ** temperature, dim=-1)
+    prob = torch.softmax(l64, dim=-1).gather(-1, pred[:, None])[:, 0]
+    return pred, prob
+
+
 @torch.no_grad()
 def mask_diffusion(
     model,
@@ -130,20 +184,19 @@ def mask_diffusion(
 
     ``on_step(seq_index, step, response)`` sees every sequence's raw response (``<|mask|>`` where not yet
     committed) after each of its steps, for streaming; it only reads, so results do not change.
-    ``starts`` optionally gives a response of ``gen_len`` tokens to start from instead of all masks (ME-DLM
-    drafts its training data from a partly masked reference): only its ``<|mask|>`` positions are filled.
+    ``starts[i]`` (``gen_len`` tokens, ``<|mask|>`` where to draft) replaces the all-mask start of
+    request ``i`` (training drafts from a partly masked reference); None keeps all masks.
     """
     device = _model_device(model)
-    vocab = model.config.vocab_size
     n = len(prompts)
     starts = list(starts) if starts is not None else [None] * n
     if len(starts) != n:
-        raise ValueError(f"starts holds {len(starts)} responses for {n} prompts")
-    for s, c in zip(starts, configs):
-        if s is not None and len(s) != c.gen_len:
-            raise ValueError(f"a start response of {len(s)} tokens does not fit gen_len={c.gen_len}")
-    seqs = [list(p) + (list(s) if s is not None else [special.mask] * c.gen_len)
-            for p, c, s in zip(prompts, configs, starts)]
+        raise ValueError(f"{n} prompts but {len(starts)} starts")
+    for i, (st, c) in enumerate(zip(starts, configs)):
+        if st is not None and len(st) != c.gen_len:
+            raise ValueError(f"starts[{i}] holds {len(st)} tokens, not gen_len={c.gen_len}")
+    seqs = [list(p) + (list(st) if st is not None else [special.mask] * c.gen_len)
+            for p, c, st in zip(prompts, configs, starts)]
     plen = [len(p) for p in prompts]
     schedules = [_block_schedule(c) for c in configs]
     block_idx = [0] * n
@@ -151,6 +204,8 @@ def mask_diffusion(
     nfe = [0] * n
     gens = [torch.Generator(device="cpu").manual_seed(int(c.seed)) for c in configs]
     banned = torch.tensor([special.mask, special.delete], device=device)
+    ends = [torch.tensor(end_token_ids(c, special), device=device) for c in configs]
+    end_sets = [set(end_token_ids(c, special)) for c in configs]
 
     def masked_left(i: int) -> list[int]:
         return [j for j in range(plen[i], len(seqs[i])) if seqs[i][j] == special.mask]
@@ -158,29 +213,45 @@ def mask_diffusion(
     active = [i for i in range(n) if masked_left(i)]
     while active:
         masked = [masked_left(i) for i in active]
-        ids, cu = pack([seqs[i] for i in active], device)
+        # every request's sequence, then the prompt-masked copies of the requests with guidance
+        guided = [a for a, i in enumerate(active) if configs[i].cfg_scale > 0]
+        batch = [seqs[i] for i in active]
+        batch += [[special.mask] * plen[active[a]] + seqs[active[a]][plen[active[a]]:] for a in guided]
+        rows = masked + [masked[a] for a in guided]
+        ids, cu = pack(batch, device)
         offsets = cu[:-1].tolist()
-        index = torch.tensor([offsets[a] + j for a, m in enumerate(masked) for j in m], device=device)
+        index = torch.tensor([offsets[b] + j for b, m in enumerate(rows) for j in m], device=device)
         logits = model(ids, cu_seqlens=cu, logits_index=index, return_insert=False).token_logits.float()
+        starts = [0]
+        for m in rows:
+            starts.append(starts[-1] + len(m))
+        n_cond = starts[len(active)]
+        for g, a in enumerate(guided):  # un + (cfg + 1) * (cond - un), before any -inf
+            cond = logits[starts[a]: starts[a + 1]]
+            un = logits[starts[len(active) + g]: starts[len(active) + g + 1]]
+            cond.copy_(un + (configs[active[a]].cfg_scale + 1) * (cond - un))
+        logits = logits[:n_cond]
         logits[:, banned] = NEG_INF
-        # per-request Gumbel noise (own generator: the same request samples the same alone or packed)
-        start = 0
         for a, i in enumerate(active):
-            n_m = len(masked[a])
-            if configs[i].temperature > 0:
-                u = torch.rand((n_m, logits.shape[1]), generator=gens[i]).to(device).clamp_(1e-10, 1.0)
-                logits[start : start + n_m] = logits[start : start + n_m] / configs[i].temperature - torch.log(-torch.log(u))
-            start += n_m
+            if configs[i].logits_eos_inf:
+                logits[starts[a]: starts[a + 1], ends[i]] = NEG_INF
         # one softmax / max for the whole packed batch, then plain-Python bookkeeping per request
         conf_all, pred_all = torch.softmax(logits, dim=-1).max(dim=-1)
         conf_all, pred_all = conf_all.tolist(), pred_all.tolist()
-        start = 0
         for a, i in enumerate(active):
             cfg = configs[i]
             m = masked[a]
-            conf = conf_all[start : start + len(m)]
-            pred = pred_all[start : start + len(m)]
-            start += len(m)
+            conf = conf_all[starts[a]: starts[a + 1]]
+            pred = pred_all[starts[a]: starts[a + 1]]
+            # per-request random numbers from the request's own generator (module note: their order),
+            # so a request decodes the same alone or packed
+            if cfg.temperature > 0:
+                p_t, c_t = _llada_sample(logits[starts[a]: starts[a + 1]], cfg.temperature, gens[i])
+                pred, conf = p_t.tolist(), c_t.tolist()
+            if cfg.remasking == "random":
+                conf = torch.rand(len(m), generator=gens[i], dtype=torch.float64).tolist()
+            if cfg.confidence_eos_eot_inf:
+                conf = [NEG_INF if t in end_sets[i] else c for t, c in zip(pred, conf)]
             nfe[i] += 1
             # candidates: masked positions of the current block
             while True:
@@ -195,7 +266,7 @@ def mask_diffusion(
             if cfg.threshold is not None:
                 k = max(k, sum(1 for c in in_block if conf[c] >= cfg.threshold))
             k = min(k, len(in_block))
-            # most confident first; ties go to the leftmost position (deterministic)
+            # highest ranked first; ties go to the leftmost position (deterministic)
             chosen = sorted(in_block, key=lambda c: (-conf[c], c))[:k]
             for c in chosen:
                 seqs[i][m[c]] = pred[c]
@@ -339,7 +410,7 @@ def generate(
         raise ValueError(f"{len(prompts)} prompts but {len(configs)} decode configs")
     for p, c in zip(prompts, configs):
         _check_prompt(p, model.config.vocab_size)
-        c.validate(model.config.max_position_embeddings, len(p))
+        c.validate(model.config.max_position_embeddings, len(p), vocab_size=model.config.vocab_size)
     if not prompts:
         return []
     was_training = model.training

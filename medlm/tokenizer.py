@@ -12,7 +12,7 @@ import json
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -39,6 +39,11 @@ CHAT_TEMPLATE = (
 )
 
 
+# End-of-turn tokens of other chat formats that end a response when a tokenizer has them
+# (LLaDA-8B-Instruct ends its turn with ``<|eot_id|>``, then pads with its eos).
+END_OF_TURN_TOKENS = ("<|eot_id|>",)
+
+
 @dataclass(frozen=True)
 class SpecialIds:
     mask: int
@@ -47,11 +52,23 @@ class SpecialIds:
     im_start: int
     im_end: int
     eos: int
+    stops: tuple[int, ...] = ()  # the tokenizer's own END_OF_TURN_TOKENS, when it has any
 
     @property
     def no_insert(self) -> int:
         """The insertion head's 'nothing to insert' class (the pad id: pad is never inserted)."""
         return self.pad
+
+    @property
+    def end_ids(self) -> tuple[int, ...]:
+        """Tokens that end a response: ``<|im_end|>``, eos and the tokenizer's own end-of-turn tokens."""
+        return tuple(dict.fromkeys((self.im_end, self.eos, *self.stops)))
+
+
+def response_end(ids: Sequence[int], special: SpecialIds, stop_ids: Sequence[int] = ()) -> Optional[int]:
+    """Index of the first token that ends the response (``special.end_ids`` or ``stop_ids``), else None."""
+    ends = set(special.end_ids) | set(stop_ids)
+    return next((i for i, t in enumerate(ids) if t in ends), None)
 
 
 def special_ids(tokenizer) -> SpecialIds:
@@ -74,7 +91,12 @@ def special_ids(tokenizer) -> SpecialIds:
         if tid is None or tokenizer.convert_ids_to_tokens(tid) != tok:
             raise ValueError(f"tokenizer has no special token {tok!r} ({name}); it needs all of {SPECIAL_TOKENS}")
         ids[name] = tid
-    return SpecialIds(**ids)
+    stops = []
+    for tok in END_OF_TURN_TOKENS:
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if tid is not None and tid != tokenizer.unk_token_id and tokenizer.convert_ids_to_tokens(tid) == tok:
+            stops.append(int(tid))
+    return SpecialIds(**ids, stops=tuple(stops))
 
 
 def stdlib_corpus(max_files: int = 60, max_chars: int = 20_000) -> Iterator[str]:
@@ -183,13 +205,13 @@ def response_ids(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False) + [special_ids(tokenizer).im_end]
 
 
-def decode_response(tokenizer, ids: Sequence[int]) -> str:
-    """Text of a generated response: up to the first ``<|im_end|>``, specials dropped."""
+def decode_response(tokenizer, ids: Sequence[int], stop_ids: Sequence[int] = ()) -> str:
+    """Text of a generated response: up to the first end token (``<|im_end|>``, eos, the tokenizer's
+    ``<|eot_id|>``, any of ``stop_ids``), specials dropped."""
     sp = special_ids(tokenizer)
+    end = response_end(ids, sp, stop_ids)
     out = []
-    for t in ids:
-        if t == sp.im_end or t == sp.eos:
-            break
+    for t in ids[:end]:
         if t in (sp.pad, sp.mask, sp.delete):
             continue
         out.append(int(t))

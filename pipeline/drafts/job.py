@@ -252,6 +252,7 @@ def write_manifest(plan: RunPlan, staging: Location, rows_read: int, rejects: li
         "config": provenance["config"],
         "git_revision": provenance["git_revision"],
         "derived_from": plan.derived_from,
+        "warnings": plan.warnings,
         "runtime": {
             "ray": ray.__version__,
             "host": platform.node(),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from medlm.checkpoint import check_checkpoint_dir, checkpoint_hash
+from medlm.checkpoint import check_checkpoint_dir, check_insert_head_trained, checkpoint_hash, read_meta
 from medlm.tokenizer import load_tokenizer, special_ids, tokenizer_hash
 from pipeline.common.sources import SourceError, SourceFile, resolve_sources
 from pipeline.common.storage import Location, StorageError, check_writable, local_copy, location
@@ -25,7 +25,7 @@ from pipeline.drafts.shards import SCHEMA_VERSION, RunLayout, open_run
 
 CONTENT_FIELDS = (  # config fields that decide the rows; the rest (actors, batch sizes...) do not
     "seed", "gen_len", "tokens_per_step", "intermediate_prob", "max_intermediate_edit_steps",
-    "temperature", "max_response_len",
+    "temperature", "max_response_len", "draft_start", "commit_order",
 )
 
 
@@ -42,9 +42,13 @@ class GenerateConfig:
     seed: int = 0
     gen_len: int = 64
     tokens_per_step: list = field(default_factory=lambda: [2, 4, 8, 16])
-    intermediate_prob: float = 0.25
+    # share of rows refined by a few edit steps of the checkpoint before labelling; needs a checkpoint whose
+    # insertion head was trained on edits (a base model's is not), so off by default
+    intermediate_prob: float = 0.0
     max_intermediate_edit_steps: int = 2
     temperature: float = 0.0
+    draft_start: str = "masked"  # masked | partial (the reference with t ~ U(0, 1) of it masked, as ME-DLM)
+    commit_order: str = "confidence"  # confidence | random (ME-DLM's training drafts)
     max_response_len: Optional[int] = None  # default gen_len; longer references are rejected
     num_actors: Any = 1  # an int, or [min, max] for an autoscaling pool
     cpus_per_actor: float = 1.0
@@ -68,6 +72,8 @@ class GenerateConfig:
             max_intermediate_edit_steps=self.max_intermediate_edit_steps,
             temperature=float(self.temperature),
             seed=self.seed,
+            draft_start=self.draft_start,
+            commit_order=self.commit_order,
         )
 
     def pool_size(self) -> tuple[int, int]:
@@ -94,7 +100,7 @@ class RunPlan:
     layout: RunLayout
     run_id: str
     derived_from: Optional[dict] = None
-
+    warnings: list = field(default_factory=list)  # written into the manifest
 
 
 def _positive(name: str, value, kind=int) -> None:
@@ -166,6 +172,17 @@ def plan_run(cfg: GenerateConfig) -> RunPlan:
         ckpt = check_checkpoint_dir(local_copy(ckpt_uri))
     except (FileNotFoundError, ValueError, OSError) as e:
         raise GenerateError(f"checkpoint: {e}") from None
+    warnings = []
+    if recipe.intermediate_prob > 0:
+        try:
+            known = check_insert_head_trained(read_meta(ckpt), f"checkpoint {ckpt_uri}", f"intermediate_prob={recipe.intermediate_prob}")
+        except ValueError as e:
+            raise GenerateError(str(e)) from None
+        if not known:
+            warnings.append(f"intermediate_prob={recipe.intermediate_prob}: checkpoint {ckpt_uri} does not record what its "
+                            "insertion head was trained on (no edit_examples_seen in medlm_meta.json); its intermediate "
+                            "edits are trusted as given")
+            print(f"[generate] warning: {warnings[-1]}", flush=True)
     max_positions = int(json.loads((ckpt / "config.json").read_text())["max_position_embeddings"])
     if cfg.gen_len >= max_positions:
         raise GenerateError(f"gen_len={cfg.gen_len} leaves no room for a prompt in the model's {max_positions} positions")
@@ -209,4 +226,5 @@ def plan_run(cfg: GenerateConfig) -> RunPlan:
         layout=RunLayout(output),
         run_id=run_id,
         derived_from=derived_from,
+        warnings=warnings,
     )

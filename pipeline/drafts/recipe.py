@@ -7,7 +7,17 @@ content hash independent of the number of actors and makes ``--from-run`` regene
 Per row: ``tokens_per_step`` is drawn from the configured list (the paper mixes 2/4/8/16 tokens per
 step), ``mask_steps = ceil(gen_len / tokens_per_step)``; with probability ``intermediate_prob`` the
 draft is then refined by 1..``max_intermediate_edit_steps`` edit steps of the current checkpoint
-before it is labelled (the paper's "intermediate" drafts).
+before it is labelled (the paper's "intermediate" drafts; refused from a checkpoint whose insertion
+head was never trained on edits, see ``medlm.checkpoint.check_insert_head_trained``).
+
+Two settings choose the draft distribution (``docs/fidelity.md`` compares them):
+
+* ``draft_start``: ``masked`` drafts the whole response from masks, as at inference; ``partial``
+  starts from the row's reference with each position masked with probability t ~ U(0, 1) (drawn per
+  row), as ME-DLM's trainer does, so drafts range from nearly the reference to fully parallel guesses;
+* ``commit_order``: ``confidence`` commits the most confident predictions first (LLaDA's
+  low-confidence remasking, as at inference); ``random`` commits positions in random order, as ME-DLM
+  drafts its training data (harder drafts, more for the editor to learn from).
 """
 
 from __future__ import annotations
@@ -18,6 +28,8 @@ import random
 from dataclasses import asdict, dataclass
 
 SEED_RULE = "int(sha256(f'{seed}:{row_id}').hexdigest()[:8], 16)"
+DRAFT_STARTS = ("masked", "partial")
+COMMIT_ORDERS = ("confidence", "random")
 
 
 @dataclass(frozen=True)
@@ -30,6 +42,8 @@ class DraftRecipe:
     max_intermediate_edit_steps: int = 2
     temperature: float = 0.0
     seed: int = 0
+    draft_start: str = "masked"  # masked | partial
+    commit_order: str = "confidence"  # confidence | random
 
     def validate(self) -> None:
         if self.gen_len < 1:
@@ -50,6 +64,10 @@ class DraftRecipe:
             )
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.draft_start not in DRAFT_STARTS:
+            raise ValueError(f"draft_start must be one of {', '.join(DRAFT_STARTS)}, got {self.draft_start!r}")
+        if self.commit_order not in COMMIT_ORDERS:
+            raise ValueError(f"commit_order must be one of {', '.join(COMMIT_ORDERS)}, got {self.commit_order!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -66,6 +84,7 @@ class RowRecipe:
     mask_steps: int
     edit_steps: int
     draft_seed: int
+    start_mask_ratio: float = 1.0  # share of the reference masked at the start (1: all masks)
 
 
 def row_seed(run_seed: int, row_id: str) -> int:
@@ -80,9 +99,24 @@ def row_recipe(recipe: DraftRecipe, row_id: str) -> RowRecipe:
     edit_steps = 0
     if rng.random() < recipe.intermediate_prob:
         edit_steps = rng.randint(1, recipe.max_intermediate_edit_steps)
+    # drawn after the older fields, so a masked-start recipe keeps every row's budget and seed
+    ratio = rng.random() if recipe.draft_start == "partial" else 1.0
     return RowRecipe(
         tokens_per_step=tps,
         mask_steps=math.ceil(recipe.gen_len / tps),
         edit_steps=edit_steps,
         draft_seed=seed,
+        start_mask_ratio=ratio,
     )
+
+
+def partial_start(reference: list[int], gen_len: int, ratio: float, seed: int, mask_id: int, pad_id: int) -> list[int]:
+    """The reference padded to ``gen_len``, each position masked with probability ``ratio`` (at least one)."""
+    if len(reference) > gen_len:
+        raise ValueError(f"reference of {len(reference)} tokens is longer than gen_len={gen_len}")
+    padded = list(reference) + [pad_id] * (gen_len - len(reference))
+    rng = random.Random(f"{seed}:partial-start")
+    masked = [rng.random() < ratio for _ in padded]
+    if not any(masked):
+        masked[rng.randrange(gen_len)] = True
+    return [mask_id if m else tok for m, tok in zip(masked, padded)]

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from pipeline.common.io import replace_dir
 from pipeline.common.storage import Location, location
 
-SCHEMA_VERSION = "medlm.drafts.v1"
+SCHEMA_VERSION = "medlm.drafts.v2"  # v2: start_mask_ratio
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
 REJECTS = "rejects.parquet"
@@ -63,6 +63,7 @@ DRAFT_SCHEMA = pa.schema(
         pa.field("edit_steps", pa.int32()),  # intermediate edit budget of the recipe (0 = plain draft)
         pa.field("edit_steps_applied", pa.int32()),  # steps that changed the draft (edit refine may stop early)
         pa.field("draft_seed", pa.int64()),
+        pa.field("start_mask_ratio", pa.float32()),  # share of the reference masked at the start (1: all masks)
         pa.field("reference_index", pa.int32()),  # which valid reference was closest (0 = canonical)
         pa.field("n_references", pa.int32()),
         pa.field("edit_distance", pa.int32()),

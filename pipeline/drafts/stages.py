@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from medlm.packing import pack_groups
 from medlm.sampling import DecodeConfig, edit_refine, mask_diffusion, strip_padding
-from pipeline.drafts.recipe import DraftRecipe, row_recipe
+from pipeline.drafts.recipe import DraftRecipe, partial_start, row_recipe
 
 DRAFTED_COLUMNS = pa.schema(
     [
@@ -27,15 +27,21 @@ DRAFTED_COLUMNS = pa.schema(
         ("edit_steps", pa.int32()),
         ("edit_steps_applied", pa.int32()),
         ("draft_seed", pa.int64()),
+        ("start_mask_ratio", pa.float32()),
     ]
 )
 CARRIED_COLUMNS = ["id", "source_format", "source_index", "record_no", "prompt_text", "prompt_ids", "answers_text", "answers_ids"]
 
 
 def draft_rows(
-    model, special, prompts: list[list[int]], row_ids: list[str], recipe: DraftRecipe, tokens_per_forward: int
+    model, special, prompts: list[list[int]], row_ids: list[str], recipe: DraftRecipe, tokens_per_forward: int,
+    references: Optional[list[list[int]]] = None,
 ) -> dict[str, list]:
-    """Drafts (after optional intermediate edits) and the recipe values of each row."""
+    """Drafts (after optional intermediate edits) and the recipe values of each row.
+
+    ``references`` (each row's reference answer) is needed when the recipe starts from a partly masked
+    reference (``draft_start="partial"``).
+    """
     recipes = [row_recipe(recipe, rid) for rid in row_ids]
     configs = [
         DecodeConfig(
@@ -44,13 +50,21 @@ def draft_rows(
             edit_steps=r.edit_steps,
             temperature=recipe.temperature,
             seed=r.draft_seed,
+            remasking="random" if recipe.commit_order == "random" else "low_confidence",
         )
         for r in recipes
     ]
+    starts: list[Optional[list[int]]] = [None] * len(prompts)
+    if recipe.draft_start == "partial":
+        if references is None:
+            raise ValueError("draft_start='partial' needs each row's reference answer")
+        starts = [partial_start(ref, recipe.gen_len, r.start_mask_ratio, r.draft_seed, special.mask, special.pad)
+                  for ref, r in zip(references, recipes)]
     drafts: list[list[int]] = [[] for _ in prompts]
     lengths = [len(p) + recipe.gen_len for p in prompts]
     for group in pack_groups(lengths, tokens_per_forward):
-        raw = mask_diffusion(model, [prompts[i] for i in group], [configs[i] for i in group], special)
+        raw = mask_diffusion(model, [prompts[i] for i in group], [configs[i] for i in group], special,
+                             starts=[starts[i] for i in group])
         for i, (response, _nfe) in zip(group, raw):
             drafts[i] = strip_padding(response, special)
     applied = [0] * len(prompts)
@@ -70,6 +84,7 @@ def draft_rows(
         "edit_steps": [r.edit_steps for r in recipes],
         "edit_steps_applied": applied,
         "draft_seed": [r.draft_seed for r in recipes],
+        "start_mask_ratio": [r.start_mask_ratio for r in recipes],
     }
 
 
@@ -81,6 +96,8 @@ def draft_table(model, special, batch: pa.Table, recipe: DraftRecipe, tokens_per
         batch.column("id").to_pylist(),
         recipe,
         tokens_per_forward,
+        # the canonical (first) answer: ME-DLM masks one reference
+        references=[a[0] for a in batch.column("answers_ids").to_pylist()] if recipe.draft_start == "partial" else None,
     )
     out = batch.select(CARRIED_COLUMNS)
     for field in DRAFTED_COLUMNS:

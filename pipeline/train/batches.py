@@ -77,6 +77,9 @@ class EditRows:
         self.draft = TokenColumn(table.column("draft_ids"))
         self.token_target = TokenColumn(table.column("token_target"))
         self.insert_target = TokenColumn(table.column("insert_target"))
+        # share of the reference masked when the draft started (1.0: fully masked); ME-DLM's loss divides by it
+        self.start_mask_ratio = (table.column("start_mask_ratio").to_pylist() if "start_mask_ratio" in table.column_names
+                                 else [1.0] * len(self.ids))
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -12,7 +12,7 @@ on read or tokenize tasks that have no CPU left to run on.
 Two row kinds reach the workers:
     mask rows   id, prompt_ids, answers_ids (every valid answer, the reference first; the others label
                 online drafts against the closest one), as ``pipeline.common.sources`` normalises them
-    edit rows   id, prompt_ids, draft_ids, token_target, insert_target
+    edit rows   id, prompt_ids, draft_ids, token_target, insert_target, start_mask_ratio
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pipeline.common.storage import Location, StorageError, location
 from pipeline.drafts.shards import SCHEMA_VERSION, RunNotReady, open_run
 
 DRAFT_COLUMNS = ("id", "prompt_ids", "target_ids", "draft_ids", "token_target", "insert_target")
-EDIT_COLUMNS = ("id", "prompt_ids", "draft_ids", "token_target", "insert_target")
+EDIT_COLUMNS = ("id", "prompt_ids", "draft_ids", "token_target", "insert_target", "start_mask_ratio")
 
 
 class DataError(ValueError):
@@ -102,6 +102,8 @@ def open_draft_run(path: str | Path):
         missing = [c for c in DRAFT_COLUMNS if c not in schema.names]
         if missing:
             raise DataError(f"{f} lacks column(s) {', '.join(missing)}; a draft run needs {', '.join(DRAFT_COLUMNS)}")
+        if "start_mask_ratio" not in schema.names:
+            raise DataError(f"{f} lacks column start_mask_ratio")
         for c in DRAFT_COLUMNS[1:]:
             t = schema.field(c).type
             if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_integer(t.value_type):

@@ -30,7 +30,7 @@ import numpy as np
 import ray
 from ray.data import ActorPoolStrategy, DataContext
 
-from medlm.checkpoint import check_checkpoint_dir, checkpoint_hash, device_and_dtype
+from medlm.checkpoint import check_checkpoint_dir, check_insert_head_trained, checkpoint_hash, device_and_dtype, read_meta
 from medlm.evaluation import (
     Budget,
     budget_row,
@@ -127,6 +127,8 @@ def _check_inputs(checkpoint: Path, task: str, budgets: Sequence[Budget], gen_le
             raise ValueError(f"gen_len={gen_len} disagrees with budget {b.label!r} (gen_len={b.gen_len})")
         check_budget(b, length, max_positions=max_positions, has_insertion_head=has_head,
                      threshold=threshold, block_size=block_size)
+        if b.edit_steps > 0:  # an insertion head that never saw an edit label would only grow drafts with junk
+            check_insert_head_trained(read_meta(checkpoint), f"checkpoint {checkpoint}", f"budget {b.label!r}")
         resolved.append(Budget(b.mask_steps, b.edit_steps, b.label, length, b.fraction))
     return resolved
 

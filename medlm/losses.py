@@ -3,7 +3,8 @@
 * mask loss  -- masked-diffusion cross-entropy on masked response tokens, weighted by 1/t and
                 averaged per sequence (LLaDA's estimator of the negative ELBO);
 * edit loss  -- cross-entropy of the token head against ``token_target`` and of the insertion head
-                against the gap labels, on drafts;
+                against the gap labels, on drafts, each draft's terms scaled by its example weight
+                (1, or 1/t under ME-DLM's weighting: ``medlm.packing.LOSS_WEIGHTINGS``);
 * mixture    -- both on one packed batch that may hold mask and edit examples side by side.
 """
 
@@ -48,8 +49,8 @@ def mixture_loss(model, batch: PackedBatch, edit_weight: float = 1.0) -> dict[st
         ce_ins = F.cross_entropy(out.insert_logits.float(), ins_labels.clamp(min=0), reduction="none")
         w_tok = edit_tok.float()
         w_ins = edit_ins.float()
-        terms["edit_token_loss"] = (ce_tok * w_tok).sum() / w_tok.sum().clamp(min=1)
-        terms["edit_insert_loss"] = (ce_ins * w_ins).sum() / w_ins.sum().clamp(min=1)
+        terms["edit_token_loss"] = (ce_tok * w_tok * weights).sum() / w_tok.sum().clamp(min=1)
+        terms["edit_insert_loss"] = (ce_ins * w_ins * weights).sum() / w_ins.sum().clamp(min=1)
         terms["edit_loss"] = terms["edit_token_loss"] + terms["edit_insert_loss"]
     else:
         terms["edit_loss"] = zero

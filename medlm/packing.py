@@ -27,6 +27,12 @@ from medlm.tokenizer import SpecialIds
 
 IGNORE = -100
 DRAFT_REQUEST = "draft_request"  # key of mask examples an online-draft step turns into edit examples
+# How losses are weighted (docs/fidelity.md):
+#   llada : mask loss sum_masked CE / (t * response length) per sequence (LLaDA's SFT estimator); edit
+#           loss unweighted;
+#   me-dlm: mask loss mean_masked CE / t per sequence; edit loss / t, t = the share of the reference that
+#           was masked when the draft started (1 for a draft from all masks), as ME-DLM's trainer does.
+LOSS_WEIGHTINGS = ("llada", "me-dlm")
 
 
 @dataclass
@@ -35,7 +41,7 @@ class PackedBatch:
     cu_seqlens: torch.Tensor  # [N + 1] int32
     token_labels: torch.Tensor  # [T] long, IGNORE where unlabelled
     insert_labels: torch.Tensor  # [T] long, IGNORE where unlabelled
-    token_weights: torch.Tensor  # [T] float: per-token loss weight of mask examples (1/t/len)
+    token_weights: torch.Tensor  # [T] float: per-token loss weight (mask: 1/t/len; edit: the draft's scale)
     is_edit: torch.Tensor  # [T] bool: token belongs to an edit example
     n_mask_seqs: int
     n_edit_seqs: int
@@ -59,11 +65,13 @@ def mask_example(
     rng: random.Random,
     gen_len: int | None = None,
     eps: float = 1e-3,
+    weighting: str = "llada",
 ) -> dict:
     """Forward process of masked diffusion: mask each response token with probability t ~ U(eps, 1).
 
     The response is padded with ``<|pad|>`` to ``gen_len`` so the model learns where an answer ends;
-    loss weights are 1/t per masked token over the response length (LLaDA's unbiased estimator).
+    loss weights are 1/t per masked token over the response length (LLaDA's unbiased estimator), or
+    over the number of masked tokens with ``weighting="me-dlm"``. The example records its ``t``.
     """
     response = list(target_ids)
     if gen_len is not None:
@@ -78,13 +86,14 @@ def mask_example(
         masked[rng.randrange(len(response))] = True
     p = len(prompt_ids)
     noisy = [special.mask if m else tok for m, tok in zip(masked, response)]
-    w = 1.0 / (t * len(response))
+    w = 1.0 / (t * (len(response) if weighting == "llada" else sum(masked)))
     return {
         "input_ids": list(prompt_ids) + noisy,
         "token_labels": [IGNORE] * p + [tok if m else IGNORE for m, tok in zip(masked, response)],
         "insert_labels": [IGNORE] * (p + len(response)),
         "token_weights": [0.0] * p + [w if m else 0.0 for m in masked],
         "is_edit": False,
+        "t": t,
     }
 
 
@@ -94,8 +103,11 @@ def edit_example(
     token_target: Sequence[int],
     insert_target: Sequence[int],
     special: SpecialIds,
+    scale: float = 1.0,
 ) -> dict:
-    """An edit-training example: the draft with its canonical labels on both heads."""
+    """An edit-training example: the draft with its canonical labels on both heads.
+
+    ``scale`` multiplies the example's edit loss terms (1/t under ME-DLM's weighting)."""
     p, n = len(prompt_ids), len(draft_ids)
     if len(token_target) != n or len(insert_target) != n + 1:
         raise ValueError(
@@ -106,9 +118,14 @@ def edit_example(
         "input_ids": list(prompt_ids) + list(draft_ids),
         "token_labels": [IGNORE] * p + list(token_target),
         "insert_labels": gap_targets_to_positions(insert_target, prompt_len=p, no_insert_id=special.no_insert),
-        "token_weights": [0.0] * (p + n),
+        "token_weights": [float(scale)] * (p + n),
         "is_edit": True,
     }
+
+
+def edit_scale(weighting: str, start_mask_ratio: float, eps: float = 1e-3) -> float:
+    """The edit loss multiplier of one draft: 1/t under ME-DLM's weighting, else 1."""
+    return 1.0 / max(float(start_mask_ratio), eps) if weighting == "me-dlm" else 1.0
 
 
 def collate(examples: Sequence[dict]) -> PackedBatch:
@@ -179,7 +196,10 @@ class ExampleStream:
 
     def __init__(self, objective: str, special: SpecialIds, *, gen_len: int, mix_ratio: float, seed: int, rank: int,
                  mask_rows=None, edit_rows=None,
-                 state: Optional[dict] = None):
+                 state: Optional[dict] = None, loss_weighting: str = "llada"):
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {loss_weighting!r}")
+        self.loss_weighting = loss_weighting
         self.objective, self.special, self.gen_len = objective, special, gen_len
         self.mix_ratio, self.seed, self.rank = mix_ratio, seed, rank
         self.mask_rows, self.edit_rows = mask_rows, edit_rows
@@ -211,15 +231,17 @@ class ExampleStream:
         # answers must train a model that knows them all, or parallel decoding has nothing to mix
         # and the editor nothing to repair (always the first reference made the base model unimodal)
         target = refs[rng.randrange(len(refs))] if len(refs) > 1 else refs[0]
-        ex = mask_example(prompt, target, self.special, rng, gen_len=self.gen_len)
-        if wants_draft:
-            ex[DRAFT_REQUEST] = {"id": rows.ids[i], "prompt": prompt, "refs": refs}
+        ex = mask_example(prompt, target, self.special, rng, gen_len=self.gen_len, weighting=self.loss_weighting)
+        if wants_draft:  # the noised response and its t: ME-DLM drafts from exactly this partly masked state
+            ex[DRAFT_REQUEST] = {"id": rows.ids[i], "prompt": prompt, "refs": refs,
+                                 "start": ex["input_ids"][len(prompt):], "t": ex["t"]}
         return ex
 
     def _edit(self) -> dict:
         i, _ = self.edit_order.next()
         rows = self.edit_rows
-        return edit_example(rows.prompt[i], rows.draft[i], rows.token_target[i], rows.insert_target[i], self.special)
+        return edit_example(rows.prompt[i], rows.draft[i], rows.token_target[i], rows.insert_target[i], self.special,
+                            scale=edit_scale(self.loss_weighting, rows.start_mask_ratio[i]))
 
     def __iter__(self) -> Iterator[dict]:
         return self

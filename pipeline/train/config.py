@@ -11,7 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from medlm.packing import LOSS_WEIGHTINGS
 from pipeline.common.storage import Location, location
+
+DRAFT_STARTS = ("masked", "partial")  # as pipeline.drafts.recipe: all masks, or a partly masked reference
+COMMIT_ORDERS = ("confidence", "random")
 
 OBJECTIVES = ("mask", "edit", "mixture", "online")
 # 0: no partitioning, DeepSpeed's plain data parallelism; with one worker there is nothing to partition
@@ -38,11 +42,19 @@ class TrainConfig:
     mix_ratio: float = 0.5  # share of examples that are edit examples (mixture, online)
     sources: list[str] = field(default_factory=list)  # JSONL files in any medlm.data format
     toy_problems: int = 0  # > 0: generate this many toy training problems into the run folder as a source
-    draft_runs: list[str] = field(default_factory=list)  # Parquet draft run dirs (medlm.drafts.v1)
+    draft_runs: list[str] = field(default_factory=list)  # Parquet draft run dirs (medlm.drafts.v2)
     max_len: int = 512  # tokens per packed row
     gen_len: int = 64  # response length mask examples are padded to (and online drafts fill)
     online_tokens_per_step: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
+    # the online drafts' distribution (docs/fidelity.md): start from all masks, or from the mask example's
+    # partly masked reference (ME-DLM); commit by confidence or in random order (ME-DLM); and up to
+    # online_edit_steps edit steps of the current model before labelling, growing with training progress
+    # (ME-DLM's curriculum: step s of max_steps gets int(s / max_steps * (online_edit_steps + 1)))
+    online_draft_start: str = "masked"  # masked | partial
+    online_commit_order: str = "confidence"  # confidence | random
+    online_edit_steps: int = 0
     edit_weight: float = 1.0
+    loss_weighting: str = "llada"  # llada | me-dlm (medlm.packing.LOSS_WEIGHTINGS)
 
     # optimisation
     micro_batch_rows: int = 1  # packed rows of max_len tokens per micro-step and worker
@@ -105,6 +117,19 @@ class TrainConfig:
         need(self.gen_len < self.max_len, f"gen_len={self.gen_len} leaves no room for a prompt in max_len={self.max_len}")
         need(bool(self.online_tokens_per_step) and all(int(t) >= 1 for t in self.online_tokens_per_step),
              f"online_tokens_per_step={self.online_tokens_per_step} must be a non-empty list of positive ints")
+        need(self.online_draft_start in DRAFT_STARTS,
+             f"online_draft_start={self.online_draft_start!r} is not one of {', '.join(DRAFT_STARTS)}")
+        need(self.online_commit_order in COMMIT_ORDERS,
+             f"online_commit_order={self.online_commit_order!r} is not one of {', '.join(COMMIT_ORDERS)}")
+        need(self.online_edit_steps >= 0, f"online_edit_steps={self.online_edit_steps} must be >= 0")
+        need(self.loss_weighting in LOSS_WEIGHTINGS,
+             f"loss_weighting={self.loss_weighting!r} is not one of {', '.join(LOSS_WEIGHTINGS)}")
+        # under ZeRO-3 every forward pass is collective, so all workers must make the same number; partly
+        # masked starts and edit steps that stop early make that number depend on each worker's rows
+        need(not (self.objective == "online" and self.zero_stage == 3
+                  and (self.online_draft_start == "partial" or self.online_edit_steps > 0)),
+             "online_draft_start='partial' and online_edit_steps > 0 make the number of forward passes differ "
+             "between workers, which zero_stage=3 cannot run; use zero_stage <= 2")
         need(isinstance(self.deepspeed_overrides, dict), "deepspeed_overrides must be a mapping")
         need(isinstance(self.sources, list) and isinstance(self.draft_runs, list),
              "sources and draft_runs must be lists of paths")

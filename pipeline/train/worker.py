@@ -36,7 +36,7 @@ from medlm.packing import ExampleStream, Packer, collate
 from medlm.probe import number_probe
 from medlm.schedule import cosine_lr
 from medlm.tokenizer import special_ids
-from pipeline.train.online_drafts import draft_rate, resolve_drafts
+from pipeline.train.online_drafts import curriculum_edit_steps, draft_rate, resolve_drafts
 from pipeline.common.storage import Location, local_copy, location, publishing_dir
 from pipeline.train.batches import EditRows, MaskRows, load_shard
 from pipeline.train.config import TrainConfig
@@ -206,7 +206,7 @@ class Worker:
             cfg.objective, self.special, gen_len=cfg.gen_len, mix_ratio=cfg.mix_ratio, seed=cfg.seed, rank=self.rank,
             mask_rows=MaskRows(tables["mask"]) if "mask" in tables else None,
             edit_rows=EditRows(tables["edit"]) if "edit" in tables else None,
-            state=self.stream_state,
+            state=self.stream_state, loss_weighting=cfg.loss_weighting,
         )
 
     def _comm_device(self):
@@ -219,7 +219,10 @@ class Worker:
             rate = draft_rate(self.cfg.seed, self.step, micro, self.cfg.online_tokens_per_step)
             examples, stats = resolve_drafts(
                 self.engine.module, examples, self.special, gen_len=self.cfg.gen_len, tokens_per_step=rate,
-                seed=self.cfg.seed + self.step,
+                seed=self.cfg.seed + self.step, start=self.cfg.online_draft_start,
+                commit_order=self.cfg.online_commit_order,
+                edit_steps=curriculum_edit_steps(self.step, self.cfg.max_steps, self.cfg.online_edit_steps),
+                loss_weighting=self.cfg.loss_weighting,
             )
         return collate(examples).to(self.device), waste, stats
 

@@ -19,6 +19,7 @@ import pytest
 
 from jobs import generate as generate_job
 from jobs import init_model, inspect_run
+from trained_heads import train_edit_head
 from medlm.checkpoint import checkpoint_hash
 from medlm.edits import apply_edits, count_edits, edit_distance, edit_labels
 from medlm.tasks.toy import generate_problems, write_jsonl
@@ -66,6 +67,9 @@ def checkpoints(work) -> tuple[Path, Path]:
     first, second = work / "ckpt", work / "ckpt-newer"
     assert init_model.cli(["--preset", "tiny", "--out", str(first)]) == 0
     assert init_model.cli(["--preset", "tiny", "--out", str(second), "--tokenizer", str(first), "--seed", "1"]) == 0
+    # the recipe asks for intermediate edits, which only a checkpoint whose insertion head saw edit labels may make
+    for ckpt in (first, second):
+        assert train_edit_head(ckpt) > 0
     return first, second
 
 
@@ -302,6 +306,14 @@ def test_fail_fast_before_any_work(work, checkpoints, source_dir, capsys):
     assert "unknown config key 'num_actor'" in _fail(capsys, *good, "num_actor=2")
     assert "tokens_per_step values must be integers >= 1, got 0" in _fail(capsys, *good, "tokens_per_step=[0, 4]")
     assert "max_response_len" in _fail(capsys, *good, "gen_len=32", "max_response_len=64")
+    assert "draft_start must be one of masked, partial, got 'half'" in _fail(capsys, *good, "draft_start=half")
+    assert "commit_order must be one of" in _fail(capsys, *good, "commit_order=lifo")
+    # a fresh `medlm init` checkpoint's insertion head never saw an edit label: no intermediate edits from it
+    untrained = work / "ckpt-untrained"
+    assert init_model.cli(["--preset", "tiny", "--out", str(untrained), "--tokenizer", str(checkpoints[0])]) == 0
+    err = _fail(capsys, "--source", str(source_dir), "--checkpoint", str(untrained), "--output", str(out),
+                "intermediate_prob=0.25")
+    assert "intermediate_prob=0.25 asks for edit steps" in err and "edit_examples_seen=0" in err
     assert not out.exists() or not any((out / "runs").iterdir()), "nothing may be written before the checks pass"
 
 

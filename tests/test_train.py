@@ -82,7 +82,7 @@ def write_draft_run(run_dir: Path, checkpoint: Path, problems, *, version: str =
         values = dict(id=p.id, source_format="question_answer", source_index=0, record_no=i + 1,
                       prompt_text=p.question, response_text=p.answers[0], prompt_ids=prompt, target_ids=target,
                       draft_ids=draft, token_target=tt, insert_target=it, tokens_per_step=4, mask_steps=12,
-                      edit_steps=0, edit_steps_applied=0, draft_seed=i, reference_index=0,
+                      edit_steps=0, edit_steps_applied=0, draft_seed=i, start_mask_ratio=1.0, reference_index=0,
                       n_references=len(p.answers), edit_distance=edit_distance(draft, target),
                       n_replace=n_rep, n_delete=n_del, n_insert=n_ins)
         rows.append({name: values.get(name) for name in shards.DRAFT_SCHEMA.names})
@@ -226,7 +226,8 @@ def test_zero2_mask_loss_decreases_on_fixed_set(mask_run, workspace):
 @pytest.mark.slow  # a Ray Train worker group start-up is 20-60 s on two shared cores
 def test_zero1_mixture_rerun_resumes_and_survives_a_worker_failure(ray_local, workspace):
     cfg = tiny_config(workspace, "zero1-mixture", objective="mixture", draft_runs=[str(workspace.drafts)],
-                      mix_ratio=0.5, max_len=MIXED_MAX_LEN, max_steps=2, checkpoint_every=2, max_failures=1)
+                      mix_ratio=0.5, max_len=MIXED_MAX_LEN, max_steps=2, checkpoint_every=2, max_failures=1,
+                      loss_weighting="me-dlm")
     first = run_training(cfg)
     assert first["steps"] == 2 and first["rows"] == {"mask": 24, "edit": 16}
 
@@ -234,7 +235,7 @@ def test_zero1_mixture_rerun_resumes_and_survives_a_worker_failure(ray_local, wo
     # step-4 checkpoint, so Ray Train restarts the group from the step-2 checkpoint
     second = run_training(tiny_config(workspace, "zero1-mixture", objective="mixture",
                                       draft_runs=[str(workspace.drafts)], max_len=MIXED_MAX_LEN, max_steps=5,
-                                      checkpoint_every=2, max_failures=1, fail_at_step=3))
+                                      checkpoint_every=2, max_failures=1, fail_at_step=3, loss_weighting="me-dlm"))
     run_dir = Path(second["run_dir"])
     assert (run_dir / FAIL_MARKER).exists()
     events = read_metrics(run_dir / "metrics.jsonl")
@@ -246,7 +247,13 @@ def test_zero1_mixture_rerun_resumes_and_survives_a_worker_failure(ray_local, wo
     trained = [e for e in events if e["event"] == "train"]
     assert sum(e["packing_waste"] for e in trained) / len(trained) < 0.05
     assert all(e["mask_seqs"] > 0 for e in trained) and sum(e["edit_seqs"] for e in trained) > 0
-    assert json.loads((Path(second["export_dir"]) / "medlm_meta.json").read_text())["trained_steps"] == 5
+    meta = json.loads((Path(second["export_dir"]) / "medlm_meta.json").read_text())
+    assert meta["trained_steps"] == 5
+    # the heads' history: the start's 0 plus every window the final weights learned from (the first step-3
+    # window died with its attempt; the resume restored the count of the step-2 checkpoint)
+    kept = trained[:2] + trained[3:]
+    assert meta["edit_examples_seen"] == sum(e["edit_seqs"] for e in kept) > 0
+    assert meta["mask_examples_seen"] > 0
 
 
 @pytest.mark.slow  # a Ray Train worker group start-up is 20-60 s on two shared cores
@@ -261,6 +268,7 @@ def test_zero0_one_worker_as_the_demo_trains_resumes_and_exports(ray_local, work
     assert [e["step"] for e in events if e["event"] == "train"] == [1, 2, 3, 4]
     meta = json.loads((Path(second["export_dir"]) / "medlm_meta.json").read_text())
     assert meta["trained_steps"] == 4 and meta["zero_stage"] == 0 and meta["num_workers"] == 1
+    assert meta["edit_examples_seen"] == 0 and meta["mask_examples_seen"] > 0  # mask-only: an untrained insertion head
     model, _ = load_checkpoint(second["export_dir"])
     start, _ = load_checkpoint(workspace.checkpoint)
     assert model.token_head.weight is model.embed_tokens.weight
@@ -270,7 +278,8 @@ def test_zero0_one_worker_as_the_demo_trains_resumes_and_exports(ray_local, work
 @pytest.mark.slow  # a Ray Train worker group start-up is 20-60 s on two shared cores
 def test_zero3_online_drafts_from_an_export_then_decode(mask_run, workspace):
     cfg = tiny_config(workspace, "zero3-online", objective="online", init_from=mask_run["export_dir"],
-                      zero_stage=3, mix_ratio=0.5, max_steps=2, online_tokens_per_step=[8, 16])
+                      zero_stage=3, mix_ratio=0.5, max_steps=2, online_tokens_per_step=[8, 16],
+                      online_commit_order="random")
     result = run_training(cfg)
     records = train_records(result)
     assert sum(r["drafts"] for r in records) > 0

@@ -44,6 +44,13 @@ class EvalConfig:
     min_edit_steps: Positive = 3  # ... but at least this many while masking keeps half (budget_table)
     threshold: Optional[Annotated[float, Field(gt=0, le=1)]] = None
     block_size: Optional[Positive] = None
+    # LLaDA's decoding options (medlm.sampling, docs/fidelity.md); the defaults keep plain greedy decoding
+    temperature: Annotated[float, Field(ge=0)] = 0.0
+    remasking: Literal["low_confidence", "random"] = "low_confidence"
+    cfg_scale: Annotated[float, Field(ge=0)] = 0.0
+    logits_eos_inf: bool = False  # never draft an end token
+    confidence_eos_eot_inf: bool = False  # commit end tokens last (ME-DLM's and LLaDA-Instruct's setting)
+    stop_ids: list[NonNegative] = field(default_factory=list)  # more token ids that end an answer
     batch_size: Positive = 8
     num_actors: Positive = 1
     cpus_per_actor: Annotated[float, Field(gt=0)] = 1
@@ -60,8 +67,10 @@ FLAGS = {
     "--n": ("n_samples", int), "--gen-len": ("gen_len", int), "--mask-steps": ("mask_steps", int),
     "--edit-steps": ("edit_steps", int), "--out": ("out_dir", str), "--num-actors": ("num_actors", int),
     "--batch-size": ("batch_size", int), "--seed": ("seed", int), "--block-size": ("block_size", int),
-    "--threshold": ("threshold", float),
+    "--threshold": ("threshold", float), "--temperature": ("temperature", float),
+    "--remasking": ("remasking", str), "--cfg-scale": ("cfg_scale", float),
 }
+BOOL_FLAGS = {"--logits-eos-inf": "logits_eos_inf", "--confidence-eos-eot-inf": "confidence_eos_eot_inf"}
 
 
 def parse_args(argv: list[str]) -> EvalConfig:
@@ -71,11 +80,21 @@ def parse_args(argv: list[str]) -> EvalConfig:
     for flag, (key, typ) in FLAGS.items():
         ap.add_argument(flag, dest=key, metavar=typ.__name__.upper(), default=None)  # typed by EvalConfig
     ap.add_argument("--table", action="store_true", default=None, help="evaluate the whole budget table")
+    for flag, key in BOOL_FLAGS.items():
+        ap.add_argument(flag, dest=key, action="store_true", default=None)
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = ap.parse_args(argv)
     flags = {key: getattr(args, key) for key, _ in FLAGS.values()}
     flags["table"] = args.table
+    flags.update({key: getattr(args, key) for key in BOOL_FLAGS.values()})
     return load_config(args.config, args.overrides, EvalConfig, flags=flags)
+
+
+def decode_options_of(cfg: EvalConfig) -> dict:
+    """The config's LLaDA decoding options (medlm.sampling.DECODE_OPTIONS) for run_eval."""
+    from medlm.sampling import DECODE_OPTIONS
+
+    return {key: getattr(cfg, key) for key in DECODE_OPTIONS}
 
 
 def budgets_of(cfg: EvalConfig) -> list:
@@ -105,7 +124,8 @@ def cli(argv: list[str]) -> int:
         summary = run_eval(cfg.checkpoint, cfg.task, budgets, cfg.n_samples, cfg.split, cfg.batch_size,
                            cfg.num_actors, cfg.out_dir, cfg.seed, gen_len=cfg.gen_len, threshold=cfg.threshold,
                            block_size=cfg.block_size, cpus_per_actor=cfg.cpus_per_actor,
-                           gpus_per_actor=cfg.gpus_per_actor, grade_timeout_s=cfg.grade_timeout_s)
+                           gpus_per_actor=cfg.gpus_per_actor, grade_timeout_s=cfg.grade_timeout_s,
+                           decode_options=decode_options_of(cfg))
     except (ValueError, FileNotFoundError) as e:
         print(f"medlm eval: {e}", file=sys.stderr)
         return 2

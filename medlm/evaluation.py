@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from medlm.sampling import DecodeConfig, generate
+from medlm.sampling import DecodeConfig, check_decode_options, generate
 from medlm.tasks import get_task
 from medlm.tokenizer import chat_prompt_ids, decode_response, special_ids
 
@@ -117,8 +117,13 @@ def budget_table(gen_len: int, fractions: Sequence[float] = DEFAULT_FRACTIONS,
 
 
 def check_budget(budget: Budget, gen_len: int, *, max_positions: int, has_insertion_head: bool = True,
-                 threshold: Optional[float] = None, block_size: Optional[int] = None) -> DecodeConfig:
-    """Refuse, before any work, a budget the sampler or the model cannot run; returns its DecodeConfig."""
+                 threshold: Optional[float] = None, block_size: Optional[int] = None,
+                 decode_options: Optional[dict] = None, vocab_size: Optional[int] = None) -> DecodeConfig:
+    """Refuse, before any work, a budget the sampler or the model cannot run; returns its DecodeConfig.
+
+    ``decode_options``: the LLaDA decoding options (``medlm.sampling.DECODE_OPTIONS``: temperature,
+    remasking, cfg_scale, logits_eos_inf, confidence_eos_eot_inf, stop_ids), refused naming the field."""
+    options = check_decode_options(decode_options, vocab_size)
     if budget.edit_steps > 0 and not has_insertion_head:
         raise ValueError(
             f"budget {budget.label!r} asks for {budget.edit_steps} edit steps but the model has no insertion "
@@ -127,7 +132,7 @@ def check_budget(budget: Budget, gen_len: int, *, max_positions: int, has_insert
     if gen_len >= max_positions:
         raise ValueError(f"gen_len={gen_len} leaves no room for a prompt in the model's {max_positions} positions")
     cfg = DecodeConfig(gen_len=gen_len, mask_steps=budget.mask_steps, edit_steps=budget.edit_steps,
-                       threshold=threshold, block_size=block_size)
+                       threshold=threshold, block_size=block_size, **options)
     try:
         cfg.validate()
     except ValueError as e:
@@ -289,12 +294,14 @@ def _decode_isolating_failures(model, prompts, configs, special) -> list:
 def evaluate_samples(model, tokenizer, samples: Sequence[dict], budget: Budget, task: str, batch_size: int = 8,
                      seed: int = 0, threshold: Optional[float] = None, block_size: Optional[int] = None, *,
                      gen_len: Optional[int] = None, grade_timeout_s: float = 5.0,
-                     on_batch: Optional[Callable[[int, int], None]] = None) -> list[dict]:
+                     on_batch: Optional[Callable[[int, int], None]] = None,
+                     decode_options: Optional[dict] = None) -> list[dict]:
     """Decode ``samples`` under ``budget`` (batches of ``batch_size``, packed) and grade draft and result.
 
     Returns one record per sample, in order (see ``score_decoded`` / the module note for the fields).
     Raises ValueError before any decoding for an unknown task or a budget the model cannot run.
-    ``on_batch(done, total)`` reports progress.
+    ``on_batch(done, total)`` reports progress. ``decode_options`` as in :func:`check_budget`; text
+    after the first end token (``<|im_end|>``, eos, ``<|eot_id|>``, ``stop_ids``) is not graded.
     """
     get_task(task)
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -302,6 +309,7 @@ def evaluate_samples(model, tokenizer, samples: Sequence[dict], budget: Budget, 
     length = _gen_len(budget, gen_len)
     max_positions = model.config.max_position_embeddings
     base = check_budget(budget, length, max_positions=max_positions, threshold=threshold, block_size=block_size,
+                        decode_options=decode_options, vocab_size=model.config.vocab_size,
                         has_insertion_head=hasattr(model, "insert_head"))
     special = special_ids(tokenizer)
     records: list[Optional[dict]] = [None] * len(samples)
@@ -328,7 +336,8 @@ def evaluate_samples(model, tokenizer, samples: Sequence[dict], budget: Budget, 
                 continue
             records[i] = score_decoded(
                 task, samples[i], budget,
-                decode_response(tokenizer, res.draft_ids), decode_response(tokenizer, res.output_ids),
+                decode_response(tokenizer, res.draft_ids, base.stop_ids),
+                decode_response(tokenizer, res.output_ids, base.stop_ids),
                 nfe={"mask": res.mask_nfe, "edit": res.edit_nfe},
                 edits={"replace": res.n_replace, "delete": res.n_delete, "insert": res.n_insert},
                 time_s=res.mask_time_s + res.edit_time_s, grade_timeout_s=grade_timeout_s)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 
@@ -115,6 +115,25 @@ class DecodeConfig:
                     f"prompt of {prompt_len} tokens + response of {max(self.gen_len, self.max_len or 0)} tokens "
                     f"= {longest} exceeds the model's maximum of {max_positions} positions"
                 )
+
+
+# DecodeConfig fields a job or request may set beside its step budget (the LLaDA decoding options)
+DECODE_OPTIONS = ("temperature", "remasking", "cfg_scale", "logits_eos_inf", "confidence_eos_eot_inf", "stop_ids")
+
+
+def check_decode_options(options: Optional[Mapping] = None, vocab_size: Optional[int] = None) -> dict:
+    """``options`` checked (unknown keys and bad values refused naming the field) as DecodeConfig kwargs."""
+    opts = dict(options or {})
+    unknown = sorted(set(opts) - set(DECODE_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown decode option {unknown[0]!r}; known: {', '.join(DECODE_OPTIONS)}")
+    if isinstance(opts.get("stop_ids"), list):
+        opts["stop_ids"] = tuple(opts["stop_ids"])
+    for flag in ("logits_eos_inf", "confidence_eos_eot_inf"):
+        if flag in opts and not isinstance(opts[flag], bool):
+            raise ValueError(f"{flag} must be true or false, got {opts[flag]!r}")
+    DecodeConfig(**opts).validate(vocab_size=vocab_size)
+    return opts
 
 
 @dataclass

@@ -105,7 +105,8 @@ def test_job_yaml_files_hold_only_what_differs_from_the_defaults():
 
     root = Path(__file__).resolve().parents[1] / "jobs" / "configs"
     classes = {"train": TrainConfig, "train_llada8b": TrainConfig, "generate": GenerateConfig,
-               "generate_cluster": GenerateConfig, "evaluate": EvalConfig, "serve": ServeJobConfig}
+               "generate_cluster": GenerateConfig, "evaluate": EvalConfig, "evaluate_llada8b": EvalConfig,
+               "serve": ServeJobConfig}
     for name, cls in classes.items():
         data = yaml.safe_load((root / f"{name}.yaml").read_text()) or {}
         defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())

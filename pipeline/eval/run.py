@@ -44,6 +44,7 @@ from medlm.evaluation import (
     table_markdown,
 )
 from medlm.modeling import MedlmConfig
+from medlm.sampling import DECODE_OPTIONS, DecodeConfig, check_decode_options
 from medlm.tasks import get_task
 from medlm.tokenizer import load_tokenizer, tokenizer_hash
 from pipeline.common.checkpoints import check_checkpoint_at
@@ -60,7 +61,7 @@ class EvalActor:
 
     def __init__(self, checkpoint: str, task: str, budgets: list[dict], seed: int, batch_size: int,
                  threshold: Optional[float], block_size: Optional[int], grade_timeout_s: float,
-                 num_threads: int = 1, device: Optional[str] = None):
+                 num_threads: int = 1, device: Optional[str] = None, decode_options: Optional[dict] = None):
         import torch
 
         device, _ = device_and_dtype(device)
@@ -70,6 +71,7 @@ class EvalActor:
         self.budgets = {b["label"]: Budget(**b) for b in budgets}
         self.task, self.seed, self.batch_size = task, seed, batch_size
         self.threshold, self.block_size, self.grade_timeout_s = threshold, block_size, grade_timeout_s
+        self.decode_options = decode_options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         labels = [str(x) for x in batch["budget"]]
@@ -79,7 +81,7 @@ class EvalActor:
             rows = [i for i, lab in enumerate(labels) if lab == label]
             out = evaluate_samples(self.model, self.tokenizer, [samples[i] for i in rows], self.budgets[label],
                                    self.task, self.batch_size, self.seed, self.threshold, self.block_size,
-                                   grade_timeout_s=self.grade_timeout_s)
+                                   grade_timeout_s=self.grade_timeout_s, decode_options=self.decode_options)
             for i, rec in zip(rows, out):
                 records[i] = json.dumps(rec, ensure_ascii=False)
         return {"budget": np.asarray(labels, dtype=object), "index": np.asarray(batch["index"]),
@@ -104,7 +106,8 @@ def _resolve(checkpoint: str, out_dir: str) -> tuple[Location, Path, Location]:
 
 
 def _check_inputs(checkpoint: Path, task: str, budgets: Sequence[Budget], gen_len: Optional[int], batch_size: int,
-                  num_actors: int, threshold: Optional[float], block_size: Optional[int]) -> list[Budget]:
+                  num_actors: int, threshold: Optional[float], block_size: Optional[int],
+                  decode_options: Optional[dict] = None) -> list[Budget]:
     """Every refusal of the evaluation itself happens here, before Ray starts any work."""
     get_task(task)
     if not budgets:
@@ -116,7 +119,8 @@ def _check_inputs(checkpoint: Path, task: str, budgets: Sequence[Budget], gen_le
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     check_checkpoint_dir(checkpoint, require_insert_head=False)
-    max_positions = MedlmConfig.from_pretrained(str(checkpoint)).max_position_embeddings
+    model_config = MedlmConfig.from_pretrained(str(checkpoint))
+    max_positions = model_config.max_position_embeddings
     has_head = checkpoint_has_insertion_head(checkpoint)
     resolved = []
     for b in budgets:
@@ -126,7 +130,8 @@ def _check_inputs(checkpoint: Path, task: str, budgets: Sequence[Budget], gen_le
         if b.gen_len is not None and b.gen_len != length:
             raise ValueError(f"gen_len={gen_len} disagrees with budget {b.label!r} (gen_len={b.gen_len})")
         check_budget(b, length, max_positions=max_positions, has_insertion_head=has_head,
-                     threshold=threshold, block_size=block_size)
+                     threshold=threshold, block_size=block_size, decode_options=decode_options,
+                     vocab_size=model_config.vocab_size)
         if b.edit_steps > 0:  # an insertion head that never saw an edit label would only grow drafts with junk
             check_insert_head_trained(read_meta(checkpoint), f"checkpoint {checkpoint}", f"budget {b.label!r}")
         resolved.append(Budget(b.mask_steps, b.edit_steps, b.label, length, b.fraction))
@@ -163,17 +168,21 @@ def run_eval(checkpoint: str | os.PathLike, task: str, budgets: Sequence[Budget]
              split: str = "test", batch_size: int = 8, num_actors: int = 1, out_dir: str | os.PathLike = "runs/eval",
              seed: int = 0, *, gen_len: Optional[int] = None, threshold: Optional[float] = None,
              block_size: Optional[int] = None, cpus_per_actor: float = 1, gpus_per_actor: float = 0,
-             grade_timeout_s: float = 5.0, samples: Optional[list[dict]] = None) -> dict:
+             grade_timeout_s: float = 5.0, samples: Optional[list[dict]] = None,
+             decode_options: Optional[dict] = None) -> dict:
     """Evaluate ``checkpoint`` on ``n_samples`` problems of ``task`` under every budget; returns the summary.
 
     ``checkpoint`` and ``out_dir`` are local paths or ``s3://`` URIs. ``samples`` replaces the task's
     own problems (same dict shape as ``medlm.evaluation.load_samples``). The summary (also
     ``out_dir/summary.json``) holds ``rows`` (one per budget, for the table and plot), ``files`` and
     provenance; uses the running Ray cluster, else ``RAY_ADDRESS``, else a local one.
+    ``decode_options``: the LLaDA decoding options (``medlm.evaluation.check_budget``).
     """
     started = time.perf_counter()
     ckpt, local_ckpt, out = _resolve(str(checkpoint), str(out_dir))
-    budgets = _check_inputs(local_ckpt, task, budgets, gen_len, batch_size, num_actors, threshold, block_size)
+    budgets = _check_inputs(local_ckpt, task, budgets, gen_len, batch_size, num_actors, threshold, block_size,
+                            decode_options)
+    decode_options = check_decode_options(decode_options)
     own_samples = samples is not None
     if samples is None:
         samples = load_samples(task, n_samples, split=split, seed=seed)
@@ -193,6 +202,7 @@ def run_eval(checkpoint: str | os.PathLike, task: str, budgets: Sequence[Budget]
             "checkpoint": ckpt.uri, "task": task, "budgets": [dataclasses.asdict(b) for b in budgets], "seed": seed,
             "batch_size": batch_size, "threshold": threshold, "block_size": block_size,
             "grade_timeout_s": grade_timeout_s, "num_threads": max(1, int(cpus_per_actor)),
+            "decode_options": decode_options,
         },
         compute=ActorPoolStrategy(size=num_actors),
         batch_size=batch_size,
@@ -230,7 +240,9 @@ def run_eval(checkpoint: str | os.PathLike, task: str, budgets: Sequence[Budget]
         "checkpoint": ckpt.uri, "checkpoint_hash": checkpoint_hash(local_ckpt),
         "tokenizer_hash": tokenizer_hash(load_tokenizer(local_ckpt)),
         "decode": {"threshold": threshold, "block_size": block_size, "batch_size": batch_size,
-                   "grade_timeout_s": grade_timeout_s},
+                   "grade_timeout_s": grade_timeout_s,
+                   **{k: v for k, v in dataclasses.asdict(DecodeConfig(**decode_options)).items()
+                      if k in DECODE_OPTIONS}},
         "num_actors": num_actors, "rows": ordered_rows,
         "files": {"samples": files, "table": "table.md", "plot": "accuracy_vs_nfe.png"},
         "wall_s": round(time.perf_counter() - started, 3),

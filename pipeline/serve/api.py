@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -123,11 +123,12 @@ class Limits:
     max_edit_steps: int
     default_max_new_tokens: int
     max_positions: int  # the model's context: prompt + response must fit
+    vocab_size: Optional[int] = None  # the model's vocabulary: stop_token_ids must lie inside it
 
     @classmethod
-    def from_args(cls, args: ServeArgs, max_positions: int) -> "Limits":
+    def from_args(cls, args: ServeArgs, max_positions: int, vocab_size: Optional[int] = None) -> "Limits":
         return cls(args.max_prompt_tokens, args.max_new_tokens, args.max_mask_steps, args.max_edit_steps,
-                   args.default_max_new_tokens, max_positions)
+                   args.default_max_new_tokens, max_positions, vocab_size)
 
     def public(self) -> dict:
         return dict(self.__dict__)
@@ -164,7 +165,10 @@ class ChatMessage(_Strict):
 
 
 class StepBudget(_Strict):
-    """Decoding knobs shared by every endpoint (extra body fields for the OpenAI client)."""
+    """Decoding knobs shared by every endpoint (extra body fields for the OpenAI client).
+
+    The LLaDA options (``remasking``, ``cfg_scale``, ``logits_eos_inf``, ``confidence_eos_eot_inf``,
+    ``stop_token_ids``) are ``medlm.sampling.DecodeConfig``'s; left out, they are off."""
 
     mask_steps: Optional[int] = Field(None, ge=1)
     edit_steps: Optional[int] = Field(None, ge=0)
@@ -172,6 +176,11 @@ class StepBudget(_Strict):
     max_edits_per_step: Optional[int] = Field(None, ge=1, le=1_000_000)
     seed: Optional[int] = Field(None, ge=0, le=MAX_SEED)
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
+    remasking: Optional[Literal["low_confidence", "random"]] = None
+    cfg_scale: Optional[float] = Field(None, ge=0.0, le=100.0)
+    logits_eos_inf: Optional[bool] = None
+    confidence_eos_eot_inf: Optional[bool] = None
+    stop_token_ids: Optional[list[Annotated[int, Field(ge=0)]]] = Field(None, max_length=16)
 
 
 class RefineRequest(StepBudget):
@@ -335,9 +344,22 @@ def decode_config(budget: StepBudget, new_tokens: Optional[int], prompt_len: int
         max_edits_per_step=budget.max_edits_per_step,
         temperature=0.0 if budget.temperature is None else float(budget.temperature),
         seed=0 if budget.seed is None else budget.seed,
+        remasking=budget.remasking or "low_confidence",
+        cfg_scale=0.0 if budget.cfg_scale is None else float(budget.cfg_scale),
+        logits_eos_inf=bool(budget.logits_eos_inf),
+        confidence_eos_eot_inf=bool(budget.confidence_eos_eot_inf),
+        stop_ids=tuple(budget.stop_token_ids or ()),
     )
+    if limits.vocab_size is not None:
+        bad = [t for t in cfg.stop_ids if t >= limits.vocab_size]
+        if bad:
+            raise ApiError(400, f"stop_token_ids: token id {bad[0]} is outside the model's vocabulary "
+                           f"[0, {limits.vocab_size})", "stop_token_ids", "invalid_value")
+    if cfg.remasking == "random" and cfg.threshold is not None:
+        raise ApiError(400, "remasking='random' ranks by random scores, which a confidence threshold cannot "
+                       "compare against; leave threshold unset", "threshold", "invalid_value")
     try:
-        cfg.validate(limits.max_positions, prompt_len)
+        cfg.validate(limits.max_positions, prompt_len, vocab_size=limits.vocab_size)
     except ValueError as e:  # a rule of the sampler this module does not repeat
         raise ApiError(400, str(e), new_tokens_param, "invalid_budget") from None
     return cfg

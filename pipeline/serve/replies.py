@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from medlm.edits import NO_INSERT
 from medlm.sampling import DecodeConfig, DecodeResult
-from medlm.tokenizer import SpecialIds, decode_response
+from medlm.tokenizer import SpecialIds, decode_response, response_end
 from pipeline.serve.api import MASK_PLACEHOLDER
 
 
@@ -48,7 +48,7 @@ class StepEvents:
         parts: list[str] = []
         run: list[int] = []
         for t in response:
-            if t in (sp.im_end, sp.eos):
+            if t in sp.end_ids:
                 break
             if t == sp.mask:
                 parts.append(self.tokenizer.decode(run, skip_special_tokens=True) + MASK_PLACEHOLDER)
@@ -115,8 +115,8 @@ class Outcome:
     def build(cls, result: DecodeResult, cfg: DecodeConfig, tokenizer, special: SpecialIds, prompt_len: int,
               timing: dict, stops: Sequence[str] = ()) -> "Outcome":
         ids = result.output_ids
-        ended = next((i for i, t in enumerate(ids) if t in (special.im_end, special.eos)), None)
-        text = decode_response(tokenizer, ids)
+        ended = response_end(ids, special, cfg.stop_ids)  # <|im_end|>, eos, <|eot_id|> or a stop_token_id
+        text = decode_response(tokenizer, ids, cfg.stop_ids)
         n_tokens = len(ids) if ended is None else ended
         finish = "stop" if ended is not None else "length"
         cut = min((text.find(s) for s in stops if s in text), default=-1)
@@ -125,7 +125,7 @@ class Outcome:
             n_tokens = len(tokenizer.encode(text, add_special_tokens=False))
         return cls(
             text=text,
-            draft=decode_response(tokenizer, result.draft_ids),
+            draft=decode_response(tokenizer, result.draft_ids, cfg.stop_ids),
             finish_reason=finish,
             prompt_tokens=prompt_len,
             completion_tokens=n_tokens,
@@ -135,7 +135,9 @@ class Outcome:
             timing=timing,
             budget={"max_new_tokens": cfg.gen_len, "mask_steps": cfg.mask_steps, "edit_steps": cfg.edit_steps,
                     "threshold": cfg.threshold, "max_edits_per_step": cfg.max_edits_per_step,
-                    "temperature": cfg.temperature, "seed": cfg.seed},
+                    "temperature": cfg.temperature, "seed": cfg.seed, "remasking": cfg.remasking,
+                    "cfg_scale": cfg.cfg_scale, "logits_eos_inf": cfg.logits_eos_inf,
+                    "confidence_eos_eot_inf": cfg.confidence_eos_eot_inf, "stop_token_ids": list(cfg.stop_ids)},
         )
 
     def usage(self) -> dict:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from medlm.sampling import DecodeConfig, check_decode_options, generate
+from medlm.stats import mcnemar_exact, newcombe_paired_interval, paired_comparison, wilson_interval
 from medlm.tasks import get_task
 from medlm.tokenizer import chat_prompt_ids, decode_response, special_ids
 
@@ -31,7 +33,8 @@ __all__ = [
     "Budget", "budget_table", "load_samples", "load_eval_model", "checkpoint_has_insertion_head",
     "check_budget", "grade_text", "humaneval_completion", "evaluate_samples", "summarise",
     "score_decoded", "sample_seed", "budget_row", "table_markdown", "fraction_label", "plot_accuracy_vs_nfe",
-    "render_accuracy_vs_nfe", "DEFAULT_FRACTIONS",
+    "render_accuracy_vs_nfe", "DEFAULT_FRACTIONS", "EDIT_KINDS", "rate_interval", "paired_comparisons",
+    "comparison_table", "edit_effects_table", "json_dumps",
 ]
 
 DEFAULT_FRACTIONS = (1, 1 / 2, 1 / 4, 1 / 8)
@@ -353,9 +356,30 @@ def _mean(values: Sequence[float]) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
+# per-sample outcome -> record field; "valid" only where the task grades whole-answer validity (toy)
+_OUTCOMES = {"right_before": "correct_before", "right_after": "correct_after",
+             "valid_before": "valid_before", "valid_after": "valid_after"}
+_RATES = ("accuracy_before", "accuracy_after", "valid_before", "valid_after", "skeleton_valid_before",
+          "skeleton_valid_after")
+EDIT_KINDS = ("replace", "delete", "insert")
+
+
+def _edit_effects(before: Sequence[bool], after: Sequence[bool]) -> dict:
+    """Draft against final text on each sample: fixed (wrong -> right), broken (right -> wrong), kept."""
+    pairs = list(zip(before, after))
+    return {"wrong_to_right": sum(1 for b, a in pairs if not b and a),
+            "right_to_wrong": sum(1 for b, a in pairs if b and not a),
+            "right_kept": sum(1 for b, a in pairs if b and a),
+            "wrong_kept": sum(1 for b, a in pairs if not b and not a)}
+
+
 def summarise(records: Sequence[dict]) -> dict:
-    """Aggregate records: accuracies over all ``n`` samples (an errored sample counts as wrong);
-    NFE, edits and time over the samples that decoded."""
+    """Aggregate records: accuracies over all ``n`` samples (an errored sample counts as wrong), each
+    with its Wilson 95% interval (``ci95``); NFE, edits and time over the samples that decoded.
+
+    ``edit_effects`` counts what editing did to each draft (fixed, broken, kept) and ``outcomes``
+    keeps every sample's id, draft/final right (and valid) as 0/1 and its edits by kind, in sample
+    order: enough to recompute every rate, interval and paired test without the samples files."""
     ok = [r for r in records if r.get("draft") is not None]
     reasons: dict[str, int] = {}
     for r in records:
@@ -370,16 +394,35 @@ def summarise(records: Sequence[dict]) -> dict:
         "mean_mask_nfe": _mean([r["nfe"]["mask"] for r in ok]),
         "mean_edit_steps": _mean([r["nfe"]["edit"] for r in ok]),
         "mean_nfe": _mean([r["nfe"]["mask"] + r["nfe"]["edit"] for r in ok]),
-        "mean_edits": {k: _mean([r["edits"][k] for r in ok]) for k in ("replace", "delete", "insert")},
+        "mean_edits": {k: _mean([r["edits"][k] for r in ok]) for k in EDIT_KINDS},
         "time_per_sample_s": _mean([r["time_s"] for r in ok]),
     }
-    if records and all("valid_after" in r for r in records):
+    has_valid = bool(records) and all("valid_after" in r for r in records)
+    if has_valid:
         summary["valid_before"] = _mean([float(r["valid_before"]) for r in records])
         summary["valid_after"] = _mean([float(r["valid_after"]) for r in records])
     if records and all("skeleton_valid_after" in r for r in records):
         summary["skeleton_valid_before"] = _mean([float(r["skeleton_valid_before"]) for r in records])
         summary["skeleton_valid_after"] = _mean([float(r["skeleton_valid_after"]) for r in records])
+    summary["ci95"] = {key: list(rate_interval(summary[key], len(records))) for key in _RATES
+                       if summary.get(key) is not None}
+    summary["edit_effects"] = {"right": _edit_effects([r["correct_before"] for r in records],
+                                                      [r["correct_after"] for r in records])}
+    if has_valid:
+        summary["edit_effects"]["valid"] = _edit_effects([r["valid_before"] for r in records],
+                                                         [r["valid_after"] for r in records])
+    outcomes: dict = {"ids": [str(r["id"]) for r in records]}
+    for name, field in _OUTCOMES.items():
+        if field.startswith("correct") or has_valid:
+            outcomes[name] = [int(bool(r[field])) for r in records]
+    outcomes["edits"] = {k: [int(r["edits"][k]) for r in records] for k in EDIT_KINDS}
+    summary["outcomes"] = outcomes
     return summary
+
+
+def rate_interval(rate: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson interval of a rate over ``n`` samples, from the rate itself (rates here are k/n)."""
+    return wilson_interval(int(round(rate * n)), n, confidence)
 
 
 def budget_row(budget: Budget, summary: dict) -> dict:
@@ -401,11 +444,85 @@ def _num(x: Optional[float], digits: int = 1) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def table_markdown(rows: Sequence[dict]) -> str:
-    """A Markdown table, largest budget first, mask-only before mask+edit at equal budget.
+def _pct_ci(row: dict, key: str) -> str:
+    """``86.3% [82.0, 89.8]``: the rate and its Wilson 95% interval (percent)."""
+    rate, n = row.get(key), row.get("n")
+    if rate is None or not n:
+        return _pct(rate)
+    lo, hi = (row.get("ci95") or {}).get(key) or rate_interval(rate, n)
+    return f"{100 * rate:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
 
-    A ``model`` column appears when rows carry one (several checkpoints in one table); the toy
-    task adds whole-answer validity and phrasing validity (numbers ignored), draft and final."""
+
+def _points_ci(diff: float, ci: Sequence[float]) -> str:
+    return f"{100 * diff:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
+def _p(p: float) -> str:
+    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+
+
+def _order(rows: Sequence[dict]) -> list[dict]:
+    """Largest budget first, mask-only before mask+edit at equal budget, then by model."""
+    return sorted(rows, key=lambda r: (-(r.get("fraction") or r["budget_nfe"]), r["edit_steps"] > 0,
+                                       str(r.get("model", "")), r["label"]))
+
+
+def _same_fraction(a: dict, b: dict) -> bool:
+    fa, fb = a.get("fraction"), b.get("fraction")
+    if fa is None or fb is None:
+        return fa is None and fb is None and a["budget_nfe"] == b["budget_nfe"]
+    return abs(float(fa) - float(fb)) < 1e-9
+
+
+def _paired_outcomes(x: dict, y: dict, key: str) -> Optional[tuple[list, list]]:
+    """The outcome ``key`` of rows x and y on the samples both ran, matched by sample id."""
+    ox, oy = x.get("outcomes") or {}, y.get("outcomes") or {}
+    if key not in ox or key not in oy:
+        return None
+    if ox["ids"] == oy["ids"]:
+        return ox[key], oy[key]
+    where = {sid: i for i, sid in enumerate(oy["ids"])}
+    pairs = [(ox[key][i], oy[key][where[sid]]) for i, sid in enumerate(ox["ids"]) if sid in where]
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+def _compare(x: dict, y: dict, key: str) -> Optional[dict]:
+    paired = _paired_outcomes(x, y, key)
+    result = paired_comparison(*paired) if paired else None
+    return None if result is None else result.as_dict()
+
+
+def paired_comparisons(rows: Sequence[dict], baseline_model: Optional[str] = "base") -> list[dict]:
+    """Every mask + edit row against mask-only decoding at the same fraction and at the full budget,
+    of its own model and of ``baseline_model`` when rows of it are present (the demo's base model),
+    as paired differences over the same samples: for ``right`` (and ``valid`` where the task has it)
+    the four counts, the difference of the rates with Newcombe's 95% interval and the exact McNemar
+    p-value. Samples are matched by id; ``n`` is the number both rows ran.
+
+    Rows without per-sample ``outcomes`` (written before they were kept) are left out."""
+    ordered = _order(rows)
+    out = []
+    for x in ordered:
+        if x["kind"] != "mask_edit" or not x.get("outcomes"):
+            continue
+        refs: list[tuple[dict, str]] = []
+        for model in dict.fromkeys([x.get("model"), baseline_model]):
+            own = [r for r in ordered if r.get("model") == model and r["kind"] == "mask_only" and r.get("outcomes")]
+            same = [r for r in own if _same_fraction(r, x)]
+            full = [r for r in own if (r.get("fraction") or 0) >= 1 - 1e-9]
+            for ref, what in [(r, "same budget") for r in same] + [(r, "full budget") for r in full]:
+                if all(ref is not seen for seen, _ in refs):
+                    refs.append((ref, what))
+        for ref, what in refs:
+            entry = {"model": x.get("model"), "label": x["label"], "fraction": x.get("fraction"),
+                     "vs_model": ref.get("model"), "vs_label": ref["label"], "vs_fraction": ref.get("fraction"),
+                     "vs": what, "right": _compare(x, ref, "right_after"), "valid": _compare(x, ref, "valid_after")}
+            if entry["right"] is not None:
+                out.append(entry)
+    return out
+
+
+def _main_table(rows: Sequence[dict]) -> list[str]:
     has_model = any("model" in r for r in rows)
     has_valid = any("valid_after" in r for r in rows)
     has_skeleton = any("skeleton_valid_after" in r for r in rows)
@@ -417,21 +534,114 @@ def table_markdown(rows: Sequence[dict]) -> str:
         head += ["phrasing ok (draft)", "phrasing ok (final)"]
     head += ["edits/sample", "s/sample", "n", "errors"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    order = sorted(rows, key=lambda r: (-(r.get("fraction") or r["budget_nfe"]), r["edit_steps"] > 0,
-                                        str(r.get("model", "")), r["label"]))
-    for r in order:
+    for r in _order(rows):
         edits = r.get("mean_edits") or {}
         n_edits = sum(v for v in edits.values() if v is not None) if edits else None
         cells = ([str(r.get("model", "-"))] if has_model else []) + [
             r["label"], fraction_label(r.get("fraction")), str(r["mask_steps"]), str(r["edit_steps"]),
-            _num(r.get("mean_nfe")), _pct(r.get("accuracy_before")), _pct(r.get("accuracy_after"))]
+            _num(r.get("mean_nfe")), _pct_ci(r, "accuracy_before"), _pct_ci(r, "accuracy_after")]
         if has_valid:
-            cells += [_pct(r.get("valid_before")), _pct(r.get("valid_after"))]
+            cells += [_pct_ci(r, "valid_before"), _pct_ci(r, "valid_after")]
         if has_skeleton:
-            cells += [_pct(r.get("skeleton_valid_before")), _pct(r.get("skeleton_valid_after"))]
+            cells += [_pct_ci(r, "skeleton_valid_before"), _pct_ci(r, "skeleton_valid_after")]
         cells += [_num(n_edits), _num(r.get("time_per_sample_s"), 3), str(r["n"]), str(r["n_errors"])]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _named(model: Optional[str], label: str, fraction: Optional[float]) -> str:
+    return (f"{model} " if model else "") + f"{label} ({fraction_label(fraction)})"
+
+
+def comparison_table(rows: Sequence[dict], baseline_model: Optional[str] = "base") -> list[str]:
+    """Markdown lines of :func:`paired_comparisons` (none when there is nothing to compare)."""
+    comparisons = paired_comparisons(rows, baseline_model)
+    if not comparisons:
+        return []
+    has_valid = any(c["valid"] for c in comparisons)
+    head = ["mask + edit", "against", "n", "right: Δ points [95% CI]", "gained / lost", "McNemar p"]
+    if has_valid:
+        head += ["valid: Δ points [95% CI]", "gained / lost", "McNemar p"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in comparisons:
+        cells = [_named(c["model"], c["label"], c["fraction"]),
+                 _named(c["vs_model"], c["vs_label"], c["vs_fraction"]) + f", {c['vs']}", str(c["right"]["n"])]
+        for metric in ("right", "valid") if has_valid else ("right",):
+            m = c[metric]
+            cells += (["-", "-", "-"] if m is None else
+                      [_points_ci(m["diff"], m["ci"]), f"{m['only_x']} / {m['only_y']}", _p(m["p_value"])])
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def edit_effects_table(rows: Sequence[dict]) -> list[str]:
+    """Markdown lines: per mask + edit row, what editing did to the drafts (fixed = wrong draft, right
+    final; broken = right draft, wrong final), final against draft as a paired difference, and the
+    edits per sample by kind. None when no row edits or keeps its outcomes."""
+    edited = [r for r in _order(rows) if r["kind"] == "mask_edit" and r.get("edit_effects")]
+    if not edited:
+        return []
+    has_model = any("model" in r for r in edited)
+    metrics = ["right"] + (["valid"] if any("valid" in r["edit_effects"] for r in edited) else [])
+    head = (["model"] if has_model else []) + ["budget", "fraction"]
+    for m in metrics:
+        head += [f"{m}: fixed", "broken", "kept right" if m == "right" else "kept valid",
+                 "kept wrong" if m == "right" else "kept invalid", "final − draft, points [95% CI]", "McNemar p"]
+    head += ["replace/sample", "delete/sample", "insert/sample", "n"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in edited:
+        cells = ([str(r.get("model", "-"))] if has_model else []) + [r["label"], fraction_label(r.get("fraction"))]
+        for m in metrics:
+            e = r["edit_effects"].get(m)
+            if e is None:
+                cells += ["-"] * 6
+                continue
+            fixed, broken = e["wrong_to_right"], e["right_to_wrong"]
+            n = fixed + broken + e["right_kept"] + e["wrong_kept"]
+            diff, lo, hi = newcombe_paired_interval(e["right_kept"], fixed, broken, e["wrong_kept"])
+            cells += [str(fixed), f"{broken} ({100 * broken / n:.1f}%)", str(e["right_kept"]), str(e["wrong_kept"]),
+                      _points_ci(diff, (lo, hi)), _p(mcnemar_exact(fixed, broken))]
+        edits = r.get("mean_edits") or {}
+        cells += [_num(edits.get(k), 2) for k in EDIT_KINDS] + [str(r["n"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def table_markdown(rows: Sequence[dict], baseline_model: Optional[str] = "base") -> str:
+    """The results in Markdown: the main table (every rate with its Wilson 95% interval), then,
+    where rows keep per-sample outcomes, the paired comparisons of each mask + edit row and what the
+    edits did to the drafts (docs/statistics.md says how to read them).
+
+    Main table: largest budget first, mask-only before mask+edit at equal budget; a ``model`` column
+    appears when rows carry one (several checkpoints in one table); the toy task adds whole-answer
+    validity and phrasing validity (numbers ignored), draft and final."""
+    lines = _main_table(rows)
+    comparisons = comparison_table(rows, baseline_model)
+    if comparisons:
+        lines += ["", "Paired comparisons (same problems; Δ = mask + edit minus the other row, Newcombe 95% CI; "
+                      "gained / lost = problems only the mask + edit row / only the other row gets right):", ""]
+        lines += comparisons
+    effects = edit_effects_table(rows)
+    if effects:
+        lines += ["", "What the edits did (draft before editing against the final text, same samples):", ""]
+        lines += effects
     return "\n".join(lines) + "\n"
+
+
+def json_dumps(obj) -> str:
+    """JSON indented like ``indent=2``, except that a list of numbers or strings stays on one line:
+    a results file keeps its per-sample outcomes without one line per sample."""
+    def render(value, depth: int) -> str:
+        pad, inner = "  " * depth, "  " * (depth + 1)
+        if isinstance(value, dict) and value:
+            items = [f"{inner}{json.dumps(str(k))}: {render(v, depth + 1)}" for k, v in value.items()]
+            return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+        if isinstance(value, (list, tuple)) and value:
+            if all(not isinstance(v, (dict, list, tuple)) for v in value):
+                return json.dumps(list(value), ensure_ascii=False, default=str)
+            return "[\n" + ",\n".join(f"{inner}{render(v, depth + 1)}" for v in value) + f"\n{pad}]"
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return render(obj, 0)
 
 
 def plot_accuracy_vs_nfe(rows: Sequence[dict], path: str | Path, title: Optional[str] = None) -> Path:
@@ -444,7 +654,8 @@ def plot_accuracy_vs_nfe(rows: Sequence[dict], path: str | Path, title: Optional
 
 def render_accuracy_vs_nfe(rows: Sequence[dict], title: Optional[str] = None) -> bytes:
     """Final accuracy against NFE actually used per sample (mask + edit steps run), one line per
-    decoder; whole-answer validity dashed when the task has it. Log-2 x axis: budgets halve.
+    decoder; whole-answer validity dashed when the task has it; every point with its Wilson 95%
+    interval as an error bar. Log-2 x axis: budgets halve.
 
     Returns the PNG bytes, so a caller can put them anywhere (a local file, object storage)."""
     import io
@@ -464,19 +675,21 @@ def render_accuracy_vs_nfe(rows: Sequence[dict], title: Optional[str] = None) ->
         name, colour = (f"{model}, " if model else "") + names.get(kind, kind), next(colours)
         points = sorted(((r.get("mean_nfe") or r["budget_nfe"], r) for r in members), key=lambda p: p[0])
         xs = [x for x, _ in points]
-        ax.plot(xs, [r["accuracy_after"] for _, r in points], "o-", color=colour, label=f"{name}: answer right")
-        if all(r.get("valid_after") is not None for _, r in points):
-            ax.plot(xs, [r["valid_after"] for _, r in points], "s--", color=colour,
-                    label=f"{name}: whole answer valid")
-        if all(r.get("skeleton_valid_after") is not None for _, r in points):
-            ax.plot(xs, [r["skeleton_valid_after"] for _, r in points], "^:", color=colour,
-                    label=f"{name}: phrasing valid (numbers ignored)")
+        for key, style, what in (("accuracy_after", "o-", "answer right"), ("valid_after", "s--", "whole answer valid"),
+                                 ("skeleton_valid_after", "^:", "phrasing valid (numbers ignored)")):
+            if not all(r.get(key) is not None for _, r in points):
+                continue
+            ys = [r[key] for _, r in points]
+            bounds = [(r.get("ci95") or {}).get(key) or rate_interval(r[key], r["n"]) for _, r in points]
+            ax.errorbar(xs, ys, yerr=[[y - lo for y, (lo, _) in zip(ys, bounds)],
+                                      [hi - y for y, (_, hi) in zip(ys, bounds)]],
+                        fmt=style, color=colour, capsize=3, elinewidth=0.8, label=f"{name}: {what}")
     ax.set_xscale("log", base=2)
     ticks = sorted({r["budget_nfe"] for r in rows})  # the budgets; points sit at the NFE actually used
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("NFE per sample (mask + edit steps run)")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy (bars: 95% Wilson interval)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))

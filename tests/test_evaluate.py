@@ -17,17 +17,23 @@ from safetensors.torch import load_file, save_file
 from jobs import evaluate as eval_job
 from jobs.init_model import cli as init_cli
 from medlm.evaluation import (
+    EDIT_KINDS,
     Budget,
+    budget_row,
     budget_table,
     checkpoint_has_insertion_head,
     evaluate_samples,
     grade_text,
+    json_dumps,
     load_eval_model,
     load_samples,
+    paired_comparisons,
+    render_accuracy_vs_nfe,
     score_decoded,
     summarise,
     table_markdown,
 )
+from medlm.stats import mcnemar_exact, newcombe_paired_interval, wilson_interval
 from pipeline.eval import run_eval
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -155,6 +161,96 @@ def test_humaneval_infinite_loop_is_a_timeout_and_the_next_sample_is_still_grade
     assert summary["accuracy_after"] == 0.5 and summary["n_errors"] == 0
 
 
+# --------------------------------------------------------------------------- summaries, intervals, paired tests
+
+
+def _outcome_records(outcomes, *, edits=(0, 0, 0), ids=None):
+    """Hand-made toy records: ``outcomes`` is one (draft right, final right, draft valid, final valid)
+    tuple per sample."""
+    ids = ids or [f"s{i}" for i in range(len(outcomes))]
+    return [{"id": sid, "draft": "d", "correct_before": cb, "correct_after": ca, "valid_before": vb,
+             "valid_after": va, "nfe": {"mask": 3, "edit": 1}, "time_s": 0.1, "error": None,
+             "edits": dict(zip(EDIT_KINDS, edits))}
+            for sid, (cb, ca, vb, va) in zip(ids, outcomes)]
+
+
+def _row(budget, records, model=None):
+    row = budget_row(budget, summarise(records))
+    return row if model is None else {**row, "model": model}
+
+
+def test_summary_keeps_wilson_intervals_edit_effects_and_every_sample_outcome():
+    T, F = True, False
+    records = _outcome_records([(T, T, F, T)] * 5 + [(F, T, F, F)] * 2 + [(T, F, T, F)] + [(F, F, F, F)] * 2,
+                               edits=(2, 0, 1))
+    records[-1].update(draft=None, refined=None, error={"reason": "decode_failed", "detail": "x"})
+    s = summarise(records)
+    assert (s["accuracy_before"], s["accuracy_after"]) == (0.6, 0.7)
+    assert s["ci95"]["accuracy_after"] == list(wilson_interval(7, 10))
+    assert s["ci95"]["valid_before"] == list(wilson_interval(1, 10))
+    assert s["edit_effects"]["right"] == {"wrong_to_right": 2, "right_to_wrong": 1, "right_kept": 5, "wrong_kept": 2}
+    assert s["edit_effects"]["valid"] == {"wrong_to_right": 5, "right_to_wrong": 1, "right_kept": 0, "wrong_kept": 4}
+    o = s["outcomes"]
+    assert o["ids"] == [f"s{i}" for i in range(10)]
+    assert o["right_before"] == [1] * 5 + [0, 0, 1, 0, 0] and o["right_after"] == [1] * 7 + [0, 0, 0]
+    assert o["edits"] == {"replace": [2] * 10, "delete": [0] * 10, "insert": [1] * 10}
+    assert "valid_after" not in summarise([{k: v for k, v in r.items() if not k.startswith("valid")}
+                                           for r in records])["outcomes"]  # gsm8k / humaneval: right only
+
+
+def test_paired_comparisons_pair_by_sample_id_against_same_budget_full_budget_and_base():
+    T, F = True, False
+    (full, full_edit), (half, half_edit) = budget_table(8, fractions=(1, 0.5))
+    ids = [f"s{i}" for i in range(12)]
+    # refiner mask + edit at 1/2: right on s0-s9; its mask-only at 1/2 right on s0-s3 and s10, s11
+    edit = _outcome_records([(F, T, F, T)] * 10 + [(T, F, T, F)] * 2, ids=ids)
+    half_only = _outcome_records([(T, T, F, F)] * 4 + [(F, F, F, F)] * 6 + [(T, T, T, T)] * 2, ids=ids)
+    every = _outcome_records([(T, T, T, T)] * 12, ids=ids)
+    base_half = list(reversed(_outcome_records([(F, F, F, F)] * 12, ids=ids)))  # another order: matched by id
+    rows = [_row(full, every, "refiner"), _row(half, half_only, "refiner"), _row(half_edit, edit, "refiner"),
+            _row(full, every, "base"), _row(half, base_half, "base"), _row(full, every, "other")]
+    got = {(c["vs_model"], c["vs_label"]): c for c in paired_comparisons(rows) if c["label"] == half_edit.label}
+    assert set(got) == {("refiner", half.label), ("refiner", full.label), ("base", half.label), ("base", full.label)}
+    same = got[("refiner", half.label)]
+    assert same["vs"] == "same budget" and same["right"]["n"] == 12
+    assert (same["right"]["only_x"], same["right"]["only_y"]) == (6, 2)  # s4-s9 gained, s10-s11 lost
+    assert same["right"]["p_value"] == mcnemar_exact(6, 2) and same["right"]["diff"] == pytest.approx(4 / 12)
+    assert (same["valid"]["only_x"], same["valid"]["only_y"]) == (10, 2)
+    base = got[("base", half.label)]["right"]
+    assert (base["only_x"], base["only_y"], base["both"]) == (10, 0, 0) and base["ci"][0] > 0
+    assert got[("base", full.label)]["vs"] == "full budget"
+
+
+def test_table_shows_intervals_paired_comparisons_and_what_the_edits_did():
+    T, F = True, False
+    mask_only, mask_edit = budget_table(8, fractions=(0.5,))[0]
+    rows = [_row(mask_only, _outcome_records([(T, T, T, T)] * 5 + [(F, F, F, F)] * 5)),
+            _row(mask_edit, _outcome_records([(T, T, F, T)] * 4 + [(F, T, F, T)] * 3 + [(T, F, T, F)]
+                                             + [(F, F, F, F)] * 2, edits=(1, 0, 2)))]
+    table = table_markdown(rows)
+    lo, hi = wilson_interval(5, 10)
+    assert f"| 50.0% [{100 * lo:.1f}, {100 * hi:.1f}] |" in table  # mask-only right (draft and final)
+    assert "Paired comparisons" in table and "What the edits did" in table
+    # mask + edit's final text is right on s0-s6, mask-only on s0-s4: 5 both, 2 gained, 0 lost, 3 neither
+    diff, clo, chi = newcombe_paired_interval(5, 2, 0, 3)
+    assert f"| {mask_edit.label} (1/2) | {mask_only.label} (1/2), same budget | 10 | +20.0 [{100 * clo:+.1f}, " \
+           f"{100 * chi:+.1f}] | 2 / 0 | 0.500 |" in table
+    assert "| 3 | 1 (10.0%) | 4 | 2 |" in table  # right: fixed, broken (share of samples), kept right, kept wrong
+    assert "| 1.00 | 0.00 | 2.00 | 10 |" in table  # replace / delete / insert per sample, n
+    # rows written before outcomes were kept: intervals from the rate and n, no paired sections
+    old = [{k: v for k, v in r.items() if k not in ("outcomes", "ci95", "edit_effects")} for r in rows]
+    old_table = table_markdown(old)
+    assert f"| 50.0% [{100 * lo:.1f}, {100 * hi:.1f}] |" in old_table and "Paired" not in old_table
+    assert render_accuracy_vs_nfe(old)[:8] == PNG_MAGIC
+
+
+def test_json_dumps_keeps_per_sample_lists_on_one_line():
+    obj = {"rows": [{"outcomes": {"ids": ["a", "b"], "right": [1, 0]}, "ci": [0.1, 0.9], "empty": []}], "n": 2}
+    text = json_dumps(obj)
+    assert json.loads(text) == obj
+    assert '"ids": ["a", "b"]' in text and '"right": [1, 0]' in text and len(text.splitlines()) == 13
+
+
 # --------------------------------------------------------------------------- decoding with the real model
 
 
@@ -247,6 +343,11 @@ def test_ray_run_writes_one_jsonl_per_budget_with_complete_records(ray_run):
             assert row[rate_key] == pytest.approx(sum(r[key] for r in records) / len(records))
         assert row["mean_edit_steps"] == pytest.approx(sum(r["nfe"]["edit"] for r in records) / 3)
         assert row["n"] == 3 and row["n_errors"] == 0
+        # the summary alone recomputes every paired test: each sample's outcomes and edits, in sample order
+        assert row["outcomes"]["ids"] == [r["id"] for r in records]
+        assert row["outcomes"]["right_after"] == [int(r["correct_after"]) for r in records]
+        assert row["outcomes"]["valid_before"] == [int(r["valid_before"]) for r in records]
+        assert row["outcomes"]["edits"]["insert"] == [r["edits"]["insert"] for r in records]
     mask_only = _read_jsonl(ray_run / "samples_mask4.jsonl")
     assert all(r["draft"] == r["refined"] and r["nfe"]["edit"] == 0 for r in mask_only)  # mask-only never edits
     assert summary["rows"][0]["mean_edits"] == {"replace": 0, "delete": 0, "insert": 0}
@@ -258,4 +359,7 @@ def test_ray_run_writes_table_and_png_plot(ray_run):
     assert "| mask4 | 1/4 | 4 | 0 |" in table and "| mask2_edit2 | 1/4 | 2 | 2 |" in table
     summary = json.loads((ray_run / "summary.json").read_text())
     assert table == table_markdown(summary["rows"])
+    assert "What the edits did" in table and "Paired comparisons" in table
+    assert [(c["label"], c["vs_label"], c["vs"], c["right"]["n"]) for c in summary["comparisons"]] == [
+        ("mask2_edit2", "mask4", "same budget", 3)]
     assert summary["n_samples"] == 3 and summary["checkpoint_hash"] and summary["split"] == "test"

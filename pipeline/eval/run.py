@@ -4,8 +4,9 @@ Why one dataset for all budgets: each actor loads the checkpoint once and then s
 instead of reloading the model per budget. Items are ordered budget by budget, so a Ray batch
 nearly always holds one budget and packs into few forward passes; the driver streams results back,
 logs a line as each budget completes, then writes per budget ``samples_<label>.jsonl`` (records in
-sample order), and ``table.md``, ``accuracy_vs_nfe.png`` and ``summary.json`` (last: a reader trusts
-a run only when it exists).
+sample order), and ``table.md`` (rates with Wilson 95% intervals, paired comparisons, what the edits
+did), ``accuracy_vs_nfe.png`` (with error bars) and ``summary.json`` (last: a reader trusts a run
+only when it exists; its rows keep every sample's outcomes, see docs/statistics.md).
 
 The checkpoint and the output folder are local paths or ``s3://`` URIs (``pipeline.common.storage``),
 both checked before Ray does any work. Each actor fetches the checkpoint onto its own node
@@ -37,8 +38,10 @@ from medlm.evaluation import (
     check_budget,
     checkpoint_has_insertion_head,
     evaluate_samples,
+    json_dumps,
     load_eval_model,
     load_samples,
+    paired_comparisons,
     render_accuracy_vs_nfe,
     summarise,
     table_markdown,
@@ -243,11 +246,11 @@ def run_eval(checkpoint: str | os.PathLike, task: str, budgets: Sequence[Budget]
                    "grade_timeout_s": grade_timeout_s,
                    **{k: v for k, v in dataclasses.asdict(DecodeConfig(**decode_options)).items()
                       if k in DECODE_OPTIONS}},
-        "num_actors": num_actors, "rows": ordered_rows,
+        "num_actors": num_actors, "rows": ordered_rows, "comparisons": paired_comparisons(ordered_rows),
         "files": {"samples": files, "table": "table.md", "plot": "accuracy_vs_nfe.png"},
         "wall_s": round(time.perf_counter() - started, 3),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))  # last: the run is trusted from here
+    (out / "summary.json").write_text(json_dumps(summary))  # last: the run is trusted from here
     summary["out_dir"] = out.uri
     summary["table_markdown"] = table
     print(f"[eval] done in {summary['wall_s']:.1f}s -> {out}\n{table}", flush=True)

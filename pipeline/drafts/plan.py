@@ -25,7 +25,7 @@ from pipeline.drafts.shards import SCHEMA_VERSION, RunLayout, open_run
 
 CONTENT_FIELDS = (  # config fields that decide the rows; the rest (actors, batch sizes...) do not
     "seed", "gen_len", "tokens_per_step", "intermediate_prob", "max_intermediate_edit_steps",
-    "temperature", "max_response_len", "draft_start", "commit_order",
+    "temperature", "max_response_len", "draft_start", "commit_order", "confidence_eos_eot_inf",
 )
 
 
@@ -49,6 +49,7 @@ class GenerateConfig:
     temperature: float = 0.0
     draft_start: str = "masked"  # masked | partial (the reference with t ~ U(0, 1) of it masked, as ME-DLM)
     commit_order: str = "confidence"  # confidence | random (ME-DLM's training drafts)
+    confidence_eos_eot_inf: bool = False  # commit end-of-text / end-of-turn last (on in the LLaDA-8B config)
     max_response_len: Optional[int] = None  # default gen_len; longer references are rejected
     num_actors: Any = 1  # an int, or [min, max] for an autoscaling pool
     cpus_per_actor: float = 1.0
@@ -74,6 +75,7 @@ class GenerateConfig:
             seed=self.seed,
             draft_start=self.draft_start,
             commit_order=self.commit_order,
+            confidence_eos_eot_inf=bool(self.confidence_eos_eot_inf),
         )
 
     def pool_size(self) -> tuple[int, int]:

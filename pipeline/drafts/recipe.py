@@ -44,6 +44,7 @@ class DraftRecipe:
     seed: int = 0
     draft_start: str = "masked"  # masked | partial
     commit_order: str = "confidence"  # confidence | random
+    confidence_eos_eot_inf: bool = False  # end-of-text / end-of-turn committed last (LLaDA-Instruct's setting)
 
     def validate(self) -> None:
         if self.gen_len < 1:

@@ -51,6 +51,7 @@ def draft_rows(
             temperature=recipe.temperature,
             seed=r.draft_seed,
             remasking="random" if recipe.commit_order == "random" else "low_confidence",
+            confidence_eos_eot_inf=recipe.confidence_eos_eot_inf,
         )
         for r in recipes
     ]

@@ -38,7 +38,7 @@ class DraftRecipe:
 
     gen_len: int = 64
     tokens_per_step: tuple[int, ...] = (2, 4, 8, 16)
-    intermediate_prob: float = 0.25
+    intermediate_prob: float = 0.0
     max_intermediate_edit_steps: int = 2
     temperature: float = 0.0
     seed: int = 0

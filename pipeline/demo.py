@@ -222,7 +222,7 @@ def _train(cfg: DemoConfig, out: Path, **kwargs) -> dict:
 
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     """Run every stage (reusing finished ones) and write the results folder; returns results.json."""
-    from medlm.evaluation import budget_table, plot_accuracy_vs_nfe, table_markdown
+    from medlm.evaluation import budget_table, json_dumps, paired_comparisons, plot_accuracy_vs_nfe, table_markdown
     from medlm.tasks.toy import generate_problems, write_jsonl
     from medlm.tokenizer import build_default_tokenizer
 
@@ -359,6 +359,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
         "config": dataclasses.asdict(cfg),
         "rows": rows,
         "comparison": compare(rows),
+        "paired_comparisons": paired_comparisons(rows, baseline_model="base"),  # every mask + edit row
         "probe": {name: _last_probe(res) for name, res in (("base", base), ("refiner", refined))},
         "stages_seconds": stages.timings,
         "total_seconds": time.perf_counter() - t_start,  # this invocation (reused stages cost ~0)
@@ -368,7 +369,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
         "serve": served,
     }
     (results_dir / "table.md").write_text(table + "\n")
-    (results_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    # rows keep every sample's outcomes (one line per list): the intervals and tests recompute from this file
+    (results_dir / "results.json").write_text(json_dumps(results) + "\n")
     say("")
     say(table)
     say("")
@@ -411,7 +413,17 @@ def stages_fp(cfg: DemoConfig, upstream: dict, *names: str) -> str:
 
 def compare(rows: list[dict]) -> list[dict]:
     """At each fraction of the full budget: the base model's mask-only decoding against the refiner's
-    mask + edit decoding at equal NFE, with the draft before editing, as numbers and deltas (points)."""
+    mask + edit decoding at equal NFE, with the draft before editing, as numbers and deltas (points).
+
+    Where the rows keep per-sample outcomes, ``paired`` adds the paired differences over the same
+    problems (Newcombe 95% interval, exact McNemar p; ``medlm.evaluation.paired_comparisons``)
+    against base mask-only at the same budget and at the full budget."""
+    from medlm.evaluation import paired_comparisons
+
+    kept = any(r.get("outcomes") for r in rows)
+    paired = {(c["vs_label"], c["label"]): c for c in (paired_comparisons(rows, baseline_model="base") if kept else [])
+              if c["model"] == "refiner" and c["vs_model"] == "base"}
+
     def find(model: str, kind: str, fraction: float) -> Optional[dict]:
         for r in rows:
             if r.get("model") == model and r.get("kind") == kind and abs(float(r.get("fraction") or 0) - fraction) < 1e-9:
@@ -427,7 +439,8 @@ def compare(rows: list[dict]) -> list[dict]:
     def points(a: Optional[float], b: Optional[float]) -> Optional[float]:
         return None if a is None or b is None else round(100 * (a - b), 1)
 
-    full = pick(find("base", "mask_only", 1.0), "after")
+    full_row = find("base", "mask_only", 1.0)
+    full = pick(full_row, "after")
     out = []
     for fraction in sorted({float(r["fraction"]) for r in rows if r.get("fraction")}, reverse=True):
         mask_only, mask_edit = find("base", "mask_only", fraction), find("refiner", "mask_edit", fraction)
@@ -444,6 +457,9 @@ def compare(rows: list[dict]) -> list[dict]:
             "right_points_vs_mask_only": points(edit_["right"], base_["right"]),
             "right_points_vs_full_mask_only": points(edit_["right"], full["right"] if full else None),
             "valid_points_from_editing": points(edit_["valid"], draft_["valid"]),
+            "paired": {f"{metric}_vs_{vs}": (paired.get((ref["label"], mask_edit["label"])) or {}).get(metric)
+                       for metric in ("right", "valid")
+                       for vs, ref in (("mask_only", mask_only), ("full_mask_only", full_row or mask_only))},
         })
     return out
 
@@ -452,6 +468,12 @@ def comparison_lines(comparison: list[dict]) -> list[str]:
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f}%"
 
+    def paired(c: dict, key: str) -> str:
+        m = (c.get("paired") or {}).get(key)
+        if not m:
+            return ""
+        return f" [{100 * m['ci'][0]:+.1f}, {100 * m['ci'][1]:+.1f}], McNemar p={m['p_value']:.2g}"
+
     lines = []
     for c in comparison:
         f = "1" if c["fraction"] >= 1 else f"1/{round(1 / c['fraction'])}"
@@ -459,8 +481,10 @@ def comparison_lines(comparison: list[dict]) -> list[str]:
             f"at {f} NFE ({c['nfe_budget']}): mask-only {pct(c['mask_only']['right'])} right / "
             f"{pct(c['mask_only']['valid'])} valid; mask+edit {pct(c['mask_edit']['right'])} / "
             f"{pct(c['mask_edit']['valid'])} (draft {pct(c['mask_edit_draft']['valid'])} valid): "
-            f"{c['valid_points_vs_mask_only']:+.1f} valid points, {c['phrasing_points_vs_mask_only']:+.1f} phrasing-valid "
-            f"points; right {c['right_points_vs_full_mask_only']:+.1f} points vs mask-only at the full budget")
+            f"{c['valid_points_vs_mask_only']:+.1f} valid points{paired(c, 'valid_vs_mask_only')}, "
+            f"{c['phrasing_points_vs_mask_only']:+.1f} phrasing-valid points; right "
+            f"{c['right_points_vs_full_mask_only']:+.1f} points{paired(c, 'right_vs_full_mask_only')} vs mask-only "
+            "at the full budget")
     return lines
 
 

@@ -55,6 +55,31 @@ def test_comparison_reports_deltas_in_points_at_every_fraction():
     assert eighth["right_points_vs_full_mask_only"] == pytest.approx(-2.0)
     assert eighth["valid_points_from_editing"] == pytest.approx(65.0)
     assert len(comparison_lines(comparison)) == 4
+    assert all(v is None for v in eighth["paired"].values())  # rows without per-sample outcomes
+
+
+def test_comparison_adds_paired_intervals_and_mcnemar_when_rows_keep_outcomes():
+    from medlm.evaluation import budget_row, summarise
+    from medlm.stats import mcnemar_exact
+
+    def records(right_after):  # 20 problems, the same ids in every row
+        return [{"id": f"p{i}", "draft": "d", "correct_before": False, "correct_after": ok, "valid_before": False,
+                 "valid_after": ok, "skeleton_valid_before": False, "skeleton_valid_after": ok, "nfe": {"mask": 1, "edit": 0}, "edits": {"replace": 0, "delete": 0, "insert": 0},
+                 "time_s": 0.0, "error": None} for i, ok in enumerate(right_after)]
+
+    rows = []
+    for mask_only, mask_edit in budget_table(48, fractions=(1, 1 / 8)):
+        full = mask_only.fraction == 1
+        rows.append({**budget_row(mask_only, summarise(records([i < (18 if full else 8) for i in range(20)]))),
+                     "model": "base"})
+        rows.append({**budget_row(mask_edit, summarise(records([i < 16 for i in range(20)]))), "model": "refiner"})
+    eighth = compare(rows)[-1]["paired"]
+    # at 1/8 the refiner is right on p0-p15, base mask-only on p0-p7: 8 gained, none lost
+    assert (eighth["right_vs_mask_only"]["only_x"], eighth["right_vs_mask_only"]["only_y"]) == (8, 0)
+    assert eighth["right_vs_mask_only"]["p_value"] == mcnemar_exact(8, 0) and eighth["right_vs_mask_only"]["ci"][0] > 0
+    # against base at the full budget (p0-p17): none gained, 2 lost
+    assert (eighth["right_vs_full_mask_only"]["only_x"], eighth["right_vs_full_mask_only"]["only_y"]) == (0, 2)
+    assert "McNemar p=0.0078" in comparison_lines(compare(rows))[-1]
 
 
 def test_a_stage_resumes_its_own_interrupted_attempt_but_not_one_started_under_other_settings(tmp_path):

@@ -578,7 +578,7 @@ def edit_effects_table(rows: Sequence[dict]) -> list[str]:
     """Markdown lines: per mask + edit row, what editing did to the drafts (fixed = wrong draft, right
     final; broken = right draft, wrong final), final against draft as a paired difference, and the
     edits per sample by kind. None when no row edits or keeps its outcomes."""
-    edited = [r for r in _order(rows) if r["kind"] == "mask_edit" and r.get("edit_effects")]
+    edited = [r for r in _order(rows) if r["kind"] == "mask_edit" and r.get("edit_effects") and r.get("n")]
     if not edited:
         return []
     has_model = any("model" in r for r in edited)

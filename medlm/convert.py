@@ -14,10 +14,21 @@ LLaDA's names map one-to-one onto ours:
     model.transformer.ff_out                    -> token_head   (and insert_head, as a copy)
 
 The insertion head starts as a copy of the token head (the paper's initialisation: both read the
-same hidden states; fine-tuning separates them). Special tokens medlm needs and LLaDA lacks
-(``<|del|>``, ``<|pad|>``, ``<|im_start|>``, ``<|im_end|>``) are added to the tokenizer, and the
-embedding and both heads are resized, new rows starting at the mean of the old ones. LLaDA's own
-``<|mdm_mask|>`` stays the mask token. Tensors keep their dtype; nothing is cast.
+same hidden states; fine-tuning separates them). Tensors keep their dtype; nothing is cast.
+
+Tokens, as the real LLaDA-8B(-Instruct) checkpoint comes out (``tests/test_convert.py`` has a
+fixture with this layout):
+
+- LLaDA's tokenizer has ``<|mdm_mask|>`` but does not register it as its mask token; the converted
+  tokenizer does, so it stays the mask id (126336).
+- A tokenizer's own pad token is kept. LLaDA-8B's pad token is its eos, ``<|endoftext|>``, so there
+  pad = eos = the insertion head's "nothing to insert" class, as LLaDA and ME-DLM pad their
+  responses with ``<|endoftext|>``. Only a tokenizer without a pad token gets ``<|pad|>`` as pad.
+- ``<|del|>``, ``<|pad|>``, ``<|im_start|>`` and ``<|im_end|>`` are added to the tokenizer when it lacks
+  them and take the next ids. LLaDA-8B has 126464 embedding rows for a tokenizer of about 126350
+  entries, so these ids fall on LLaDA's spare rows and keep those rows' weights as they are (nothing
+  is resized). Only a checkpoint with no spare rows is resized, the new rows starting at the mean of
+  the old ones. ``<|eot_id|>`` ends a response (``medlm.tokenizer.END_OF_TURN_TOKENS``).
 """
 
 from __future__ import annotations

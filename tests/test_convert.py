@@ -104,6 +104,58 @@ def test_converted_model_matches_llada_forward(llada_dir, tmp_path):
     torch.testing.assert_close(model.embed_tokens.weight[sp.delete], sd["model.transformer.wte.weight"].mean(0))
 
 
+SPARE_ROWS = 24  # LLaDA-8B: 126464 embedding rows for a tokenizer of about 126350 entries
+
+
+@pytest.fixture()
+def llada8b_layout_dir(tmp_path):
+    """The real LLaDA-8B-Instruct layout in miniature: pad = eos = ``<|endoftext|>``, ``<|eot_id|>`` ends a
+    turn, ``<|mdm_mask|>`` is a token but not the tokenizer's mask token, and the checkpoint has more
+    embedding rows than the tokenizer has entries."""
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    specials = ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_header_id|>", "<|end_header_id|>",
+                "<|eot_id|>"]
+    bpe.train_from_iterator(list(stdlib_corpus(max_files=5)), trainers.BpeTrainer(
+        vocab_size=380, special_tokens=specials, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    llada_tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+                                        pad_token="<|endoftext|>")
+    assert llada_tok.mask_token is None
+    src = tmp_path / "llada8b"
+    sd = write_tiny_llada(src, vocab=len(llada_tok) + SPARE_ROWS)
+    llada_tok.save_pretrained(str(src))
+    return src, sd, len(llada_tok)
+
+
+def test_real_8b_layout_pad_is_eos_and_new_tokens_keep_llada_rows(llada8b_layout_dir, tmp_path):
+    src, sd, n_tok = llada8b_layout_dir
+    rows = n_tok + SPARE_ROWS
+    out = convert_llada(src, tmp_path / "medlm")
+    model, tok = load_checkpoint(out)
+    sp = special_ids(tok)
+    endoftext = tok.convert_tokens_to_ids("<|endoftext|>")
+    # pad = eos = "nothing to insert" = <|endoftext|>, as in LLaDA's own padding
+    assert sp.pad == sp.eos == sp.no_insert == endoftext
+    # <|mdm_mask|> becomes the mask token; <|eot_id|> ends a response
+    assert tok.convert_ids_to_tokens(sp.mask) == "<|mdm_mask|>" and model.config.mask_token_id == sp.mask
+    assert sp.stops == (tok.convert_tokens_to_ids("<|eot_id|>"),)
+    # the tokens medlm adds take the next ids, inside LLaDA's spare rows: nothing is resized
+    added = [tok.convert_tokens_to_ids(t) for t in ("<|del|>", "<|pad|>", "<|im_start|>", "<|im_end|>")]
+    assert sorted(added) == list(range(n_tok, n_tok + 4)) and sp.delete in added and sp.im_end in added
+    assert model.config.vocab_size == rows == model.embed_tokens.weight.shape[0] > len(tok)
+    for t in added:  # LLaDA's unused rows, as they were (not the mean of the trained rows)
+        torch.testing.assert_close(model.embed_tokens.weight[t], sd["model.transformer.wte.weight"][t])
+        torch.testing.assert_close(model.token_head.weight[t], sd["model.transformer.ff_out.weight"][t])
+    ids = torch.randint(0, n_tok, (13,), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(model(ids).token_logits, llada_reference_forward(sd, ids), atol=1e-4, rtol=1e-4)
+    meta = json.loads((out / "medlm_meta.json").read_text())
+    assert meta["source_vocab"] == rows and meta["added_tokens"] == ["<|del|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
+
+
 def test_convert_rejects_other_architectures_and_missing_parts(llada_dir, tmp_path):
     src, _, _ = llada_dir
     cfg = json.loads((src / "config.json").read_text())

@@ -195,7 +195,9 @@ def test_models_and_health(client):
 def test_refine_reports_text_draft_steps_edits_and_defaults(client):
     out = refine(client, prompt="What is 3 + 4?", return_draft=True, seed=3)
     assert out["budget"] == {"max_new_tokens": 64, "mask_steps": 16, "edit_steps": 4, "threshold": None,
-                             "max_edits_per_step": None, "temperature": 0.0, "seed": 3}
+                             "max_edits_per_step": None, "temperature": 0.0, "seed": 3,
+                             "remasking": "low_confidence", "cfg_scale": 0.0, "logits_eos_inf": False,
+                             "confidence_eos_eot_inf": False, "stop_token_ids": []}
     assert isinstance(out["text"], str) and isinstance(out["draft"], str)
     nfe = out["nfe"]
     assert 1 <= nfe["mask"] <= 16 and 0 <= nfe["edit"] <= 4 and nfe["total"] == nfe["mask"] + nfe["edit"]
@@ -206,6 +208,16 @@ def test_refine_reports_text_draft_steps_edits_and_defaults(client):
     chat = refine(client, messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
                   **TINY_BUDGET)
     assert "draft" not in chat and chat["nfe"]["mask"] <= 2 and chat["usage"]["prompt_tokens"] > out["usage"]["prompt_tokens"] - 20
+
+
+def test_a_request_without_seed_gets_one_and_the_reply_says_which(client):
+    """The seed is drawn on arrival (so a retry decodes the same text) and echoed: sent back, it
+    reproduces the reply."""
+    body = {"prompt": "Pick a word.", "temperature": 1.0, **TINY_BUDGET}
+    first, second = refine(client, **body), refine(client, **body)
+    seed = first["budget"]["seed"]
+    assert isinstance(seed, int) and seed != second["budget"]["seed"]
+    assert refine(client, **body, seed=seed)["text"] == first["text"]
 
 
 def test_refine_stream_shows_draft_then_each_edit_then_final(client):
@@ -269,6 +281,14 @@ def test_openai_client_chat_completions_and_models(url):
         oa.chat.completions.create(model="gpt-4o", messages=msgs)
     with pytest.raises(openai.BadRequestError, match="edit_steps"):
         oa.chat.completions.create(model="medlm", messages=msgs, extra_body={"edit_steps": -1})
+    # LLaDA's decoding options ride in extra_body too, and are echoed back
+    llada = {**extra, "remasking": "random", "cfg_scale": 1.0, "confidence_eos_eot_inf": True}
+    guided = oa.chat.completions.create(model="medlm", messages=msgs, max_tokens=12, seed=1, temperature=0.5,
+                                        extra_body=llada)
+    assert {k: guided.model_extra["medlm"]["budget"][k] for k in ("remasking", "cfg_scale", "confidence_eos_eot_inf")} \
+        == {"remasking": "random", "cfg_scale": 1.0, "confidence_eos_eot_inf": True}
+    with pytest.raises(openai.BadRequestError, match="cfg_scale"):
+        oa.chat.completions.create(model="medlm", messages=msgs, extra_body={"cfg_scale": -2})
 
 
 # ---------------------------------------------------------------- bad input: 4xx naming the field, no crash
@@ -299,6 +319,10 @@ BAD_INPUTS = [
     ("/v1/refine", {"prompt": "hi", "threshold": 1.5}, 400, "threshold"),
     ("/v1/refine", {"prompt": "hi", "seed": -1}, 400, "seed"),
     ("/v1/refine", {"prompt": "hi", "temperature": 9}, 400, "temperature"),
+    ("/v1/refine", {"prompt": "hi", "remasking": "top_k"}, 400, "remasking"),
+    ("/v1/refine", {"prompt": "hi", "cfg_scale": -1}, 400, "cfg_scale"),
+    ("/v1/refine", {"prompt": "hi", "stop_token_ids": [10**6]}, 400, "stop_token_ids"),
+    (CHAT, {"model": "medlm", "messages": [{"role": "user", "content": "hi"}], "remasking": "x"}, 400, "remasking"),
     ("/v1/refine", {"prompt": "hi", "model": "gpt-4"}, 404, "model"),
     (CHAT, {"model": "medlm"}, 400, "messages"),
     (CHAT, {"messages": [{"role": "user", "content": "hi"}]}, 400, "model"),
@@ -348,6 +372,21 @@ def test_seeded_request_returns_the_same_text_alone_or_batched(url, client):
     assert batched["nfe"] == alone["nfe"] and batched["edits"] == alone["edits"]
 
 
+def test_llada_options_keep_a_seeded_request_the_same_alone_or_batched(url, client):
+    """Random remasking, guidance (an extra packed sequence), EOS options and stop ids: still batch-invariant."""
+    options = [{"remasking": "random", "temperature": 0.8}, {"cfg_scale": 2.0, "temperature": 0.6},
+               {"logits_eos_inf": True, "confidence_eos_eot_inf": True, "stop_token_ids": [7]}]
+    bodies = [{"prompt": f"Item {i}: colours", "max_new_tokens": 16, "mask_steps": 4, "edit_steps": 1,
+               "seed": 30 + i, **options[i % 3]} for i in range(6)]
+    alone = [refine(client, **b) for b in bodies[:3]]
+    replies = asyncio.run(post_all(url, "/v1/refine", bodies))
+    assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
+    batched = [r.json() for r in replies[:3]]
+    assert max(b["timing"]["batch_size"] for b in batched) >= 2, "no request was batched with others"
+    for a, b in zip(alone, batched):
+        assert (a["text"], a["nfe"], a["edits"], a["finish_reason"]) == (b["text"], b["nfe"], b["edits"], b["finish_reason"])
+
+
 def test_64_concurrent_requests_all_succeed_in_batches(url):
     bodies = [{"prompt": f"Request number {i}", "seed": i, **TINY_BUDGET} for i in range(64)]
     replies = asyncio.run(post_all(url, "/v1/refine", bodies))
@@ -367,6 +406,7 @@ def test_overload_is_answered_with_503_not_a_pile_up(url, client):
     # how many are turned away depends on how fast admitted ones finish while the burst still
     # arrives (28 of 160 on an idle 2-core machine, more under load): some must be, none may fail
     assert codes.count(503) >= 1 and codes.count(200) >= 16, (codes.count(200), codes.count(503))
+    assert {r.json()["error"]["code"] for r in replies if r.status_code == 503} == {"overloaded"}  # with a body
     assert refine(client, prompt="after the storm", **TINY_BUDGET)["nfe"]["mask"] <= 2
 
 

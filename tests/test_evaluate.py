@@ -242,6 +242,7 @@ def test_table_shows_intervals_paired_comparisons_and_what_the_edits_did():
     old_table = table_markdown(old)
     assert f"| 50.0% [{100 * lo:.1f}, {100 * hi:.1f}] |" in old_table and "Paired" not in old_table
     assert render_accuracy_vs_nfe(old)[:8] == PNG_MAGIC
+    assert "What the edits did" not in table_markdown([budget_row(mask_edit, summarise([]))])  # no samples
 
 
 def test_json_dumps_keeps_per_sample_lists_on_one_line():

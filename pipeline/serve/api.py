@@ -35,6 +35,9 @@ class ApiError(Exception):
         self.param = param
         self.code = code
 
+    def __reduce__(self):  # crosses Ray processes as a value (the ingress forwards a replica's refusal)
+        return type(self), (self.status, self.message, self.param, self.code)
+
     def body(self) -> dict:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
@@ -102,6 +105,11 @@ class ServeArgs(BaseModel):
     health_check_timeout_s: Optional[float] = Field(None, gt=0)
     num_cpus: Optional[float] = Field(None, ge=0)
     num_gpus: Optional[float] = Field(None, ge=0)
+    # resilience (pipeline.serve.ingress): a thin ingress retries what a dying model replica lost
+    ingress: bool = True  # false: model replicas serve HTTP themselves (one hop fewer, no retries)
+    max_retries: int = Field(2, ge=0, le=5)  # further tries of a request whose replica died
+    graceful_shutdown_timeout_s: Optional[float] = Field(None, ge=0)  # drain limit of a replica being replaced
+    graceful_shutdown_wait_loop_s: Optional[float] = Field(None, gt=0)  # how often a draining replica looks
 
     @classmethod
     def parse(cls, args: Any) -> "ServeArgs":

@@ -14,48 +14,30 @@ clients were decoded in batches of 5 on average and most of the gain was lost.
 The checkpoint is a local directory or an ``s3://`` URI (:mod:`pipeline.serve.checkpoint`): the
 driver checks it, and each replica loads its own node's copy.
 
-Routes (request shapes in :mod:`pipeline.serve.api`, replies in :mod:`pipeline.serve.replies`):
-    GET  /                       the playground: a page that streams /v1/refine (pipeline/serve/playground.html)
-    POST /v1/refine              native: draft + edit refinement, optional SSE stream of every step
-    POST /v1/chat/completions    OpenAI-compatible (step budgets as extra body fields)
-    POST /v1/completions         OpenAI-compatible
-    GET  /v1/models, GET /health
+Clients reach these replicas through a thin ingress (:mod:`pipeline.serve.ingress`) that retries a
+request whose replica died; with ``ingress: false`` the replicas face HTTP themselves. Either way the
+routes are those of :mod:`pipeline.serve.routes` (request shapes in :mod:`pipeline.serve.api`, replies
+in :mod:`pipeline.serve.replies`); this class is their backend (``info``, ``reply``, ``events``).
 """
 
-# No ``from __future__ import annotations`` here: FastAPI must see the route annotations as classes
-# (as strings, Serve's ingress wrapper leaves them unresolved and bodies turn into query parameters).
 import asyncio
-import importlib.resources
 import logging
 import socket
 import time
 from typing import Optional
 
 import torch
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medlm.checkpoint import checkpoint_hash, device_and_dtype, load_checkpoint
 from medlm.sampling import DecodeConfig, generate
 from medlm.tokenizer import decode_response, special_ids
 from pipeline.common.ray_connect import connect_ray
 from pipeline.common.storage import local_copy
-from pipeline.serve.api import (
-    ApiError,
-    ChatCompletionRequest,
-    CompletionRequest,
-    Limits,
-    RefineRequest,
-    ServeArgs,
-    decode_config,
-    describe_validation_errors,
-    prompt_ids,
-)
-from pipeline.serve.batching import SSE_HEADERS, DecodeJob, DecodeMerger, EventSink, JobResult, sse
+from pipeline.serve.api import ApiError, Limits, ServeArgs, decode_config, prompt_ids
+from pipeline.serve.batching import ACCEPTED, DecodeJob, DecodeMerger, EventSink, JobResult, error_event, sse
 from pipeline.serve.checkpoint import checked_checkpoint
+from pipeline.serve.ingress import INGRESS_NAME, MedlmIngress
 from pipeline.serve.replies import (
     Outcome,
     StepEvents,
@@ -67,61 +49,26 @@ from pipeline.serve.replies import (
     refine_reply,
     usage_chunk,
 )
+from pipeline.serve.routes import make_api
 
 logger = logging.getLogger("ray.serve")
 
 DEPLOYMENT_NAME = "MedlmServer"
 UNHEALTHY_AFTER_FAILED_BATCHES = 3
 MAX_BATCHES_IN_FLIGHT = 256  # batches handed to the merger at once; it decodes them max_batch_size at a time
+GRACEFUL_SHUTDOWN_TIMEOUT_S = 60  # a replica being replaced finishes its requests for up to this long
+GRACEFUL_SHUTDOWN_WAIT_LOOP_S = 1.0
 
-api = FastAPI(title="ME-DLM refinement server", docs_url="/docs", redoc_url=None)
-
-
-def playground_html() -> str:
-    """The playground page, shipped as package data (one file, no external resources)."""
-    return importlib.resources.files("pipeline.serve").joinpath("playground.html").read_text(encoding="utf-8")
-
-
-# ---------------------------------------------------------------- errors: always JSON, never a crash
-
-
-@api.exception_handler(RequestValidationError)
-async def _on_invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    err = describe_validation_errors(exc.errors())
-    return JSONResponse(err.body(), status_code=err.status)
-
-
-@api.exception_handler(ApiError)
-async def _on_api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    message = f"{request.method} {request.url.path}: {exc.detail}"
-    return JSONResponse(ApiError(exc.status_code, message, None, code).body(), status_code=exc.status_code)
-
-
-@api.exception_handler(Exception)
-async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unexpected error on %s %s", request.method, request.url.path)
-    err = ApiError(500, f"internal error: {type(exc).__name__}: {exc}", None, "internal_error")
-    return JSONResponse(err.body(), status_code=500)
+api = make_api()  # used when the model replicas face HTTP themselves (``ingress: false``)
 
 
 # ---------------------------------------------------------------- the deployment
 
 
-@serve.deployment(
-    name=DEPLOYMENT_NAME,
-    max_ongoing_requests=32,  # 2 x max_batch_size: one batch decoding, the next one forming
-    max_queued_requests=256,  # beyond this the proxy answers 503 instead of queueing without bound
-    health_check_period_s=10,
-    health_check_timeout_s=30,
-)
-@serve.ingress(api)
 class MedlmServer:
+    """One model replica (deployment ``MedlmServer``): the backend of the routes, behind the ingress
+    (``model_deployment``) or facing HTTP itself (``http_model_deployment``, ``ingress: false``)."""
+
     def __init__(self, args: dict):
         self.args = ServeArgs.parse(args)
         if self.args.torch_threads:
@@ -131,8 +78,7 @@ class MedlmServer:
         self.model, self.tokenizer = load_checkpoint(checkpoint, device=device, dtype=dtype)
         self.special = special_ids(self.tokenizer)
         self.step_events = StepEvents(self.tokenizer, self.special)
-        self.playground = playground_html()
-        self.limits = Limits.from_args(self.args, self.model.config.max_position_embeddings)
+        self.limits = Limits.from_args(self.args, self.model.config.max_position_embeddings, self.model.config.vocab_size)
         self.checkpoint_hash = checkpoint_hash(checkpoint)
         self.created = int(time.time())
         self.merger = DecodeMerger(self._decode, self.args.max_batch_size)
@@ -201,40 +147,64 @@ class MedlmServer:
                            "model", "model_not_found")
         return self.args.model_name
 
-    # ------------------------------------------------------------ routes
-
-    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def playground_page(self) -> HTMLResponse:
-        return HTMLResponse(self.playground)
-
-    @api.get("/health")
-    async def health(self) -> dict:
-        ctx = serve.get_replica_context()
-        return {"status": "ok", "model": self.args.model_name, "checkpoint_hash": self.checkpoint_hash,
-                "replica": ctx.replica_id.unique_id}
-
-    @api.get("/v1/models")
-    async def models(self) -> dict:
-        return {"object": "list", "data": [{
-            "id": self.args.model_name, "object": "model", "created": self.created, "owned_by": "medlm",
-            "checkpoint_hash": self.checkpoint_hash, "max_batch_size": self.args.max_batch_size,
-            "limits": self.limits.public(),
-        }]}
-
-    @api.post("/v1/refine")
-    async def refine(self, req: RefineRequest):
-        t0 = time.perf_counter()
+    def _prepare(self, route: str, req) -> tuple[DecodeJob, str, str, list[str]]:
+        """Check a request against this model and its limits: (job, reply id, model name, stop strings)."""
         req.check()
         model = self._check_model(req.model)
-        ids = prompt_ids(self.tokenizer, self.limits, prompt=req.prompt, messages=req.messages)
-        job = DecodeJob(ids, decode_config(req, req.max_new_tokens, len(ids), self.limits, "max_new_tokens"))
-        rid = new_id("refine")
-        if not req.stream:
-            return refine_reply(rid, model, await self._run(job, t0), req.return_draft)
-        job.events = EventSink()
-        job.mask_step_events = req.stream_mask_steps
-        return StreamingResponse(self._refine_events(rid, model, job, t0, req.return_draft),
-                                 media_type="text/event-stream", headers=SSE_HEADERS)
+        if route == "refine":
+            ids = prompt_ids(self.tokenizer, self.limits, prompt=req.prompt, messages=req.messages)
+            cfg = decode_config(req, req.max_new_tokens, len(ids), self.limits, "max_new_tokens")
+            return DecodeJob(ids, cfg), new_id("refine"), model, []
+        if route == "chat":
+            ids = prompt_ids(self.tokenizer, self.limits, messages=req.messages)
+            param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+            cfg = decode_config(req, req.new_tokens(), len(ids), self.limits, param)
+            return DecodeJob(ids, cfg), new_id("chatcmpl"), model, req.stops()
+        ids = prompt_ids(self.tokenizer, self.limits, prompt=req.prompt)
+        cfg = decode_config(req, req.new_tokens(), len(ids), self.limits, "max_tokens")
+        return DecodeJob(ids, cfg), new_id("cmpl"), model, req.stops()
+
+    # ------------------------------------------------------------ the backend of pipeline.serve.routes
+    # Called in-process when this replica faces HTTP, through a DeploymentHandle from the ingress otherwise.
+
+    async def info(self) -> dict:
+        return {"model": self.args.model_name, "checkpoint_hash": self.checkpoint_hash, "created": self.created,
+                "max_batch_size": self.args.max_batch_size, "limits": self.limits.public(),
+                "replica": serve.get_replica_context().replica_id.unique_id}
+
+    async def reply(self, route: str, req):
+        """The reply body, or the ApiError refusing the request (returned: it crosses the handle as a value)."""
+        t0 = time.perf_counter()
+        try:
+            job, rid, model, stops = self._prepare(route, req)
+        except ApiError as e:
+            return e
+        try:
+            out = await self._run(job, t0, stops)
+        except Exception as e:
+            logger.exception("request %s failed", rid)
+            return ApiError(500, f"decoding failed: {e}", None, "internal_error")
+        if route == "refine":
+            return refine_reply(rid, model, out, req.return_draft)
+        return (chat_completion_reply if route == "chat" else completion_reply)(rid, model, out)
+
+    async def events(self, route: str, req):
+        """ApiError (refused) or ACCEPTED, then the SSE lines of the stream, ending with [DONE]."""
+        t0 = time.perf_counter()
+        try:
+            job, rid, model, _ = self._prepare(route, req)
+        except ApiError as e:
+            yield e
+            return
+        yield ACCEPTED
+        if route == "refine":
+            job.events = EventSink()
+            job.mask_step_events = req.stream_mask_steps
+            stream = self._refine_events(rid, model, job, t0, req.return_draft)
+        else:
+            stream = self._openai_events(rid, model, job, t0, req, chat=route == "chat")
+        async for line in stream:
+            yield line
 
     async def _refine_events(self, rid: str, model: str, job: DecodeJob, t0: float, return_draft: bool):
         """SSE: optionally every mask step, the draft, every edit step that changed the response (with
@@ -247,35 +217,8 @@ class MedlmServer:
             yield sse({"type": "final", **refine_reply(rid, model, out, return_draft)})
         except Exception as e:  # headers are sent already: report in-band
             logger.exception("stream %s failed", rid)
-            yield sse({"type": "error", **ApiError(500, f"decoding failed: {e}", None, "internal_error").body()})
+            yield error_event(True, ApiError(500, f"decoding failed: {e}", None, "internal_error").body())
         yield sse("[DONE]")
-
-    @api.post("/v1/chat/completions")
-    async def chat_completions(self, req: ChatCompletionRequest):
-        t0 = time.perf_counter()
-        req.check()
-        model = self._check_model(req.model)
-        ids = prompt_ids(self.tokenizer, self.limits, messages=req.messages)
-        new_tokens_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-        job = DecodeJob(ids, decode_config(req, req.new_tokens(), len(ids), self.limits, new_tokens_param))
-        rid = new_id("chatcmpl")
-        if not req.stream:
-            return chat_completion_reply(rid, model, await self._run(job, t0, req.stops()))
-        return StreamingResponse(self._openai_events(rid, model, job, t0, req, chat=True),
-                                 media_type="text/event-stream", headers=SSE_HEADERS)
-
-    @api.post("/v1/completions")
-    async def completions(self, req: CompletionRequest):
-        t0 = time.perf_counter()
-        req.check()
-        model = self._check_model(req.model)
-        ids = prompt_ids(self.tokenizer, self.limits, prompt=req.prompt)
-        job = DecodeJob(ids, decode_config(req, req.new_tokens(), len(ids), self.limits, "max_tokens"))
-        rid = new_id("cmpl")
-        if not req.stream:
-            return completion_reply(rid, model, await self._run(job, t0, req.stops()))
-        return StreamingResponse(self._openai_events(rid, model, job, t0, req, chat=False),
-                                 media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def _openai_events(self, rid: str, model: str, job: DecodeJob, t0: float, req, chat: bool):
         """OpenAI chunks. Edits rewrite earlier text, which append-only deltas cannot express, so the
@@ -300,8 +243,22 @@ class MedlmServer:
                 yield sse(usage_chunk(rid, model, created, "chat.completion.chunk" if chat else "text_completion", out))
         except Exception as e:
             logger.exception("stream %s failed", rid)
-            yield sse(ApiError(500, f"decoding failed: {e}", None, "internal_error").body())
+            yield error_event(False, ApiError(500, f"decoding failed: {e}", None, "internal_error").body())
         yield sse("[DONE]")
+
+
+_MODEL_OPTIONS = dict(
+    name=DEPLOYMENT_NAME,
+    max_ongoing_requests=32,  # 2 x max_batch_size: one batch decoding, the next one forming
+    max_queued_requests=256,  # beyond this the caller answers 503 instead of queueing without bound
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+    graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_TIMEOUT_S,
+    graceful_shutdown_wait_loop_s=GRACEFUL_SHUTDOWN_WAIT_LOOP_S,
+)
+# Serve allows one FastAPI deployment per app: the model carries the routes only when it faces HTTP
+model_deployment = serve.deployment(**_MODEL_OPTIONS)(MedlmServer)
+http_model_deployment = serve.deployment(**_MODEL_OPTIONS)(serve.ingress(api)(MedlmServer))
 
 
 # ---------------------------------------------------------------- entry points
@@ -313,16 +270,22 @@ def build_app(args: ServeArgs) -> serve.Application:
     Serve parses a config file's ``args:`` into :class:`pipeline.serve.api.ServeArgs` once, from this
     annotation, before calling it; ``medlm serve`` passes the ``ServeArgs`` it parsed; a plain dict is
     parsed here. Deployment options given in ``args`` override the code defaults; a Serve config
-    file's ``deployments:`` section overrides both.
+    file's ``deployments:`` section overrides both. With ``ingress`` (the default) the app is the
+    ingress ``MedlmIngress`` holding a handle to the model deployment ``MedlmServer``.
     """
     parsed = ServeArgs.parse(args)
     options = {k: getattr(parsed, k) for k in ("num_replicas", "max_ongoing_requests", "max_queued_requests",
                                                 "health_check_period_s", "health_check_timeout_s")
                if getattr(parsed, k) is not None}
+    drain = {k: getattr(parsed, k) for k in ("graceful_shutdown_timeout_s", "graceful_shutdown_wait_loop_s")
+             if getattr(parsed, k) is not None}
     actor = {k: getattr(parsed, k) for k in ("num_cpus", "num_gpus") if getattr(parsed, k) is not None}
     if actor:
         options["ray_actor_options"] = actor
-    return MedlmServer.options(**options).bind(parsed.model_dump())
+    if not parsed.ingress:
+        return http_model_deployment.options(**options, **drain).bind(parsed.model_dump())
+    model = model_deployment.options(**options, **drain).bind(parsed.model_dump())
+    return MedlmIngress.options(name=INGRESS_NAME, **drain).bind(model, parsed.max_retries)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

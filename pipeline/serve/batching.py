@@ -130,4 +130,13 @@ def sse(payload) -> str:
     return f"data: {data}\n\n"
 
 
+def error_event(native: bool, body: dict) -> str:
+    """An ``error`` event carrying the API's error body: for /v1/refine with ``"type": "error"`` beside
+    it (as every native event has a type), for the OpenAI routes the body alone, which ``openai``
+    clients raise as ``APIError``. The ``event:`` line names it for any SSE client."""
+    payload = {"type": "error", **body} if native else body
+    return f"event: error\n{sse(payload)}"
+
+
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+ACCEPTED = ":accepted"  # first item of a backend's event stream: the request passed its checks (never sent)

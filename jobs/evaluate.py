@@ -56,6 +56,9 @@ class EvalConfig:
     cpus_per_actor: Annotated[float, Field(gt=0)] = 1
     gpus_per_actor: Annotated[float, Field(ge=0)] = 0
     grade_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    # humaneval on a machine with no OS sandbox boundary: grade with the in-process guards alone
+    # instead of refusing (the summary then marks the scores as graded without isolation)
+    allow_unisolated_code: bool = False
     seed: int = 0
     out_dir: str = "runs/eval"  # a local directory or an s3:// URI
     gsm8k_source: Optional[str] = None  # "hub", or a GSM8K JSONL / Parquet file or folder
@@ -70,7 +73,8 @@ FLAGS = {
     "--threshold": ("threshold", float), "--temperature": ("temperature", float),
     "--remasking": ("remasking", str), "--cfg-scale": ("cfg_scale", float),
 }
-BOOL_FLAGS = {"--logits-eos-inf": "logits_eos_inf", "--confidence-eos-eot-inf": "confidence_eos_eot_inf"}
+BOOL_FLAGS = {"--logits-eos-inf": "logits_eos_inf", "--confidence-eos-eot-inf": "confidence_eos_eot_inf",
+              "--allow-unisolated-code": "allow_unisolated_code"}
 
 
 def parse_args(argv: list[str]) -> EvalConfig:
@@ -125,7 +129,7 @@ def cli(argv: list[str]) -> int:
                            cfg.num_actors, cfg.out_dir, cfg.seed, gen_len=cfg.gen_len, threshold=cfg.threshold,
                            block_size=cfg.block_size, cpus_per_actor=cfg.cpus_per_actor,
                            gpus_per_actor=cfg.gpus_per_actor, grade_timeout_s=cfg.grade_timeout_s,
-                           decode_options=decode_options_of(cfg))
+                           decode_options=decode_options_of(cfg), allow_unisolated_code=cfg.allow_unisolated_code)
     except (ValueError, FileNotFoundError) as e:
         print(f"medlm eval: {e}", file=sys.stderr)
         return 2

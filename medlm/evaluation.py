@@ -34,7 +34,7 @@ __all__ = [
     "check_budget", "grade_text", "humaneval_completion", "evaluate_samples", "summarise",
     "score_decoded", "sample_seed", "budget_row", "table_markdown", "fraction_label", "plot_accuracy_vs_nfe",
     "render_accuracy_vs_nfe", "DEFAULT_FRACTIONS", "EDIT_KINDS", "rate_interval", "paired_comparisons",
-    "comparison_table", "edit_effects_table", "json_dumps",
+    "comparison_table", "edit_effects_table", "json_dumps", "check_code_sandbox",
 ]
 
 DEFAULT_FRACTIONS = (1, 1 / 2, 1 / 4, 1 / 8)
@@ -226,22 +226,32 @@ def _toy_problem(sample: dict):
     return ToyProblem(id=sample["id"], question=sample["prompt"], answers=tuple(ref["answers"]), final=int(ref["final"]))
 
 
-def grade_text(task: str, sample: dict, text: str, *, timeout_s: float = 5.0) -> dict:
+def grade_text(task: str, sample: dict, text: str, *, timeout_s: float = 5.0,
+               allow_unisolated_code: bool = False) -> dict:
     """Grade one model text: ``{"correct": bool, ...task details}``; toy adds ``valid`` (the whole
-    answer is one of the valid phrasings), humaneval ``reason`` ("passed", "timeout", "failed: ...")."""
+    answer is one of the valid phrasings), humaneval ``reason`` ("passed", "timeout", "failed: ...",
+    "error: sandbox unavailable (...)") and ``boundary`` (the OS sandbox it ran behind, docs/sandbox.md).
+    ``allow_unisolated_code``: run code with the in-process guards alone when no OS boundary exists."""
     grader = get_task(task).grade
     if task == "toy":
         return dict(grader(_toy_problem(sample), text))
     if task == "gsm8k":
         return dict(grader({"answer": sample["reference"]["answer"]}, text))
-    return dict(grader(sample["reference"], humaneval_completion(text), timeout_s=timeout_s))
+    return dict(grader(sample["reference"], humaneval_completion(text), timeout_s=timeout_s,
+                       allow_unisolated=allow_unisolated_code))
 
 
-def _safe_grade(task: str, sample: dict, text: str, timeout_s: float) -> tuple[dict, Optional[dict]]:
+def _safe_grade(task: str, sample: dict, text: str, timeout_s: float,
+                allow_unisolated_code: bool = False) -> tuple[dict, Optional[dict]]:
+    from medlm.tasks.sandbox import UNAVAILABLE
+
     try:
-        return grade_text(task, sample, text, timeout_s=timeout_s), None
+        grade = grade_text(task, sample, text, timeout_s=timeout_s, allow_unisolated_code=allow_unisolated_code)
     except Exception as e:  # a grader bug or a malformed reference fails this sample only
         return {"correct": False}, {"reason": "grade_failed", "detail": f"{type(e).__name__}: {e}"}
+    if str(grade.get("reason", "")).startswith(UNAVAILABLE):  # not graded: the code never ran
+        return grade, {"reason": "sandbox_unavailable", "detail": grade["reason"]}
+    return grade, None
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -261,10 +271,11 @@ def _error_record(task: str, sample: dict, budget: Budget, reason: str, detail: 
 
 
 def score_decoded(task: str, sample: dict, budget: Budget, draft: str, refined: str, *, nfe: dict,
-                  edits: dict, time_s: float, grade_timeout_s: float = 5.0) -> dict:
+                  edits: dict, time_s: float, grade_timeout_s: float = 5.0,
+                  allow_unisolated_code: bool = False) -> dict:
     """The record of one decoded sample: the draft and the refined text graded separately."""
-    before, err_before = _safe_grade(task, sample, draft, grade_timeout_s)
-    after, err_after = _safe_grade(task, sample, refined, grade_timeout_s)
+    before, err_before = _safe_grade(task, sample, draft, grade_timeout_s, allow_unisolated_code)
+    after, err_after = _safe_grade(task, sample, refined, grade_timeout_s, allow_unisolated_code)
     record = {
         "id": str(sample["id"]), "task": task, "budget": budget.label, "prompt": sample["prompt"],
         "draft": draft, "refined": refined,
@@ -298,7 +309,7 @@ def evaluate_samples(model, tokenizer, samples: Sequence[dict], budget: Budget, 
                      seed: int = 0, threshold: Optional[float] = None, block_size: Optional[int] = None, *,
                      gen_len: Optional[int] = None, grade_timeout_s: float = 5.0,
                      on_batch: Optional[Callable[[int, int], None]] = None,
-                     decode_options: Optional[dict] = None) -> list[dict]:
+                     decode_options: Optional[dict] = None, allow_unisolated_code: bool = False) -> list[dict]:
     """Decode ``samples`` under ``budget`` (batches of ``batch_size``, packed) and grade draft and result.
 
     Returns one record per sample, in order (see ``score_decoded`` / the module note for the fields).
@@ -343,7 +354,8 @@ def evaluate_samples(model, tokenizer, samples: Sequence[dict], budget: Budget, 
                 decode_response(tokenizer, res.output_ids, base.stop_ids),
                 nfe={"mask": res.mask_nfe, "edit": res.edit_nfe},
                 edits={"replace": res.n_replace, "delete": res.n_delete, "insert": res.n_insert},
-                time_s=res.mask_time_s + res.edit_time_s, grade_timeout_s=grade_timeout_s)
+                time_s=res.mask_time_s + res.edit_time_s, grade_timeout_s=grade_timeout_s,
+                allow_unisolated_code=allow_unisolated_code)
         if on_batch is not None:
             on_batch(min(start + batch_size, len(todo)), len(todo))
     return records  # type: ignore[return-value]
@@ -417,7 +429,50 @@ def summarise(records: Sequence[dict]) -> dict:
             outcomes[name] = [int(bool(r[field])) for r in records]
     outcomes["edits"] = {k: [int(r["edits"][k]) for r in records] for k in EDIT_KINDS}
     summary["outcomes"] = outcomes
+    summary.update(_sandbox_summary(records))
     return summary
+
+
+def _sandbox_summary(records: Sequence[dict]) -> dict:
+    """Code tasks: which OS boundary the programs ran behind, how many were never run (sandbox
+    unavailable, counted apart from failed completions) and whether any ran without isolation."""
+    grades = [g for r in records for g in (r.get("grade_before"), r.get("grade_after"))
+              if isinstance(g, dict) and "boundary" in g]
+    if not grades:
+        return {}
+    from medlm.tasks.sandbox import UNAVAILABLE
+
+    boundaries: dict[str, int] = {}
+    for g in grades:
+        if not str(g.get("reason", "")).startswith(UNAVAILABLE):
+            boundaries[g["boundary"]] = boundaries.get(g["boundary"], 0) + 1
+    return {"sandbox_boundaries": boundaries,
+            "n_sandbox_unavailable": sum(1 for r in records if (r.get("error") or {}).get("reason")
+                                         == "sandbox_unavailable"),
+            "graded_without_isolation": "none" in boundaries}
+
+
+def check_code_sandbox(task: str, allow_unisolated_code: bool = False) -> Optional[dict]:
+    """Before any work: for a task that runs model-written code, the OS boundary this machine offers.
+
+    Returns ``{"boundary", "isolated", "allow_unisolated_code", "unavailable"}`` (None for tasks that
+    run no code). Raises ValueError when there is no boundary and the caller did not accept the
+    in-process guards alone (``allow_unisolated_code``)."""
+    if task != "humaneval":
+        return None
+    from medlm.tasks.sandbox import available_boundaries, pick_boundary
+
+    chosen = pick_boundary()
+    why = {name: problem for name, problem in available_boundaries().items() if problem is not None}
+    if chosen is None and not allow_unisolated_code:
+        raise ValueError(
+            "humaneval runs model-written code, but this machine offers no OS sandbox boundary ("
+            + "; ".join(f"{k}: {v}" for k, v in why.items()) + "). Install bubblewrap (apt-get install "
+            "bubblewrap), or pass allow_unisolated_code=true (--allow-unisolated-code) to grade with the "
+            "in-process guards alone; the summary then marks the scores as graded without isolation "
+            "(docs/sandbox.md)")
+    return {"boundary": chosen or "none", "isolated": chosen is not None,
+            "allow_unisolated_code": bool(allow_unisolated_code), "unavailable": why}
 
 
 def rate_interval(rate: float, n: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -18,3 +18,15 @@ if os.path.isdir(_SHARED_GSM8K):
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say which OS sandbox boundaries the code-execution tests ran behind (when any ran)."""
+    import sys
+
+    sandbox = sys.modules.get("medlm.tasks.sandbox")
+    if sandbox is not None and sandbox.available_boundaries.cache_info().currsize:
+        status = sandbox.available_boundaries()
+        terminalreporter.write_line("sandbox boundaries on this machine: " + "; ".join(
+            f"{name}: {problem or 'available, tested'}" for name, problem in status.items()))

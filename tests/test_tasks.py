@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from medlm.tasks import get_task
 from medlm.tasks.graders import answers_match, extract_answer
-from medlm.tasks.sandbox import run_sandboxed
+from medlm.tasks.sandbox import BOUNDARIES, available_boundaries, run_sandboxed
 from medlm.tasks.toy import (
     MAX_NUMBER,
     ToyProblem,
@@ -296,16 +296,26 @@ HOSTILE = {
     "relative escape": ("open('../../medlm_sandbox_rel_escape', 'w').write('x')\n", "forbidden: open() writing"),
     "os._exit(0) before the end": ("import os\nos._exit(0)\nassert False\n", "failed: exited before the end"),
     "big file": ("open('big', 'w').write('x' * 3_000_000)\n", "failed: OSError: [Errno 27] File too large"),
+    "posix.system": ("import posix\nposix.system('echo hi')\n", "forbidden: posix.system"),
+    "posix.fork": ("import posix\nposix.fork()\n", "forbidden: posix.fork"),
+    "_io.FileIO outside": ("import _io\n_io.FileIO('/tmp/medlm_sandbox_fileio', 'w')\n", "forbidden: FileIO writing"),
+    "posix.unlink outside": ("import posix\nposix.unlink('/tmp/medlm-nothing-here')\n", "forbidden: posix.unlink"),
 }
 
 
+@pytest.mark.parametrize("boundary", [*BOUNDARIES, "none"])
 @pytest.mark.parametrize("name", list(HOSTILE))
-def test_hostile_code_fails_with_a_clear_reason(name):
+def test_hostile_code_fails_with_a_clear_reason(name, boundary):
+    """The in-process guards give the same reasons behind every OS boundary (tests/test_sandbox.py
+    shows the boundaries hold by themselves)."""
+    problem = available_boundaries().get(boundary)
+    if problem is not None:
+        pytest.skip(f"sandbox boundary {boundary!r} not available on this machine: {problem}")
     code, reason = HOSTILE[name]
     # only the hang is meant to time out; the others get room for a loaded CI machine
     timeout = 2 if reason == "timeout" else 15
-    result = run_sandboxed(code, timeout_s=timeout, memory_mb=128)
-    assert not result.passed
+    result = run_sandboxed(code, timeout_s=timeout, memory_mb=128, boundary=boundary)
+    assert not result.passed and result.boundary == boundary
     assert result.reason.startswith(reason), (result.reason, result.stderr[-500:])
     assert result.duration_s < timeout + 2
 

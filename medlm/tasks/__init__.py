@@ -136,7 +136,8 @@ def _grade_humaneval(problem: dict, completion: str, **sandbox) -> dict:
     from medlm.tasks.humaneval import check_completion
 
     result = check_completion(problem, completion, **sandbox)
-    return {"correct": result.passed, "reason": result.reason, "duration_s": result.duration_s}
+    return {"correct": result.passed, "reason": result.reason, "duration_s": result.duration_s,
+            "boundary": result.boundary}
 
 
 TASKS: dict[str, Task] = {

@@ -36,6 +36,7 @@ from medlm.evaluation import (
     Budget,
     budget_row,
     check_budget,
+    check_code_sandbox,
     checkpoint_has_insertion_head,
     evaluate_samples,
     json_dumps,
@@ -64,7 +65,8 @@ class EvalActor:
 
     def __init__(self, checkpoint: str, task: str, budgets: list[dict], seed: int, batch_size: int,
                  threshold: Optional[float], block_size: Optional[int], grade_timeout_s: float,
-                 num_threads: int = 1, device: Optional[str] = None, decode_options: Optional[dict] = None):
+                 num_threads: int = 1, device: Optional[str] = None, decode_options: Optional[dict] = None,
+                 allow_unisolated_code: bool = False):
         import torch
 
         device, _ = device_and_dtype(device)
@@ -75,6 +77,7 @@ class EvalActor:
         self.task, self.seed, self.batch_size = task, seed, batch_size
         self.threshold, self.block_size, self.grade_timeout_s = threshold, block_size, grade_timeout_s
         self.decode_options = decode_options
+        self.allow_unisolated_code = allow_unisolated_code  # humaneval without an OS sandbox (docs/sandbox.md)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         labels = [str(x) for x in batch["budget"]]
@@ -84,7 +87,8 @@ class EvalActor:
             rows = [i for i, lab in enumerate(labels) if lab == label]
             out = evaluate_samples(self.model, self.tokenizer, [samples[i] for i in rows], self.budgets[label],
                                    self.task, self.batch_size, self.seed, self.threshold, self.block_size,
-                                   grade_timeout_s=self.grade_timeout_s, decode_options=self.decode_options)
+                                   grade_timeout_s=self.grade_timeout_s, decode_options=self.decode_options,
+                                   allow_unisolated_code=self.allow_unisolated_code)
             for i, rec in zip(rows, out):
                 records[i] = json.dumps(rec, ensure_ascii=False)
         return {"budget": np.asarray(labels, dtype=object), "index": np.asarray(batch["index"]),
@@ -172,7 +176,7 @@ def run_eval(checkpoint: str | os.PathLike, task: str, budgets: Sequence[Budget]
              seed: int = 0, *, gen_len: Optional[int] = None, threshold: Optional[float] = None,
              block_size: Optional[int] = None, cpus_per_actor: float = 1, gpus_per_actor: float = 0,
              grade_timeout_s: float = 5.0, samples: Optional[list[dict]] = None,
-             decode_options: Optional[dict] = None) -> dict:
+             decode_options: Optional[dict] = None, allow_unisolated_code: bool = False) -> dict:
     """Evaluate ``checkpoint`` on ``n_samples`` problems of ``task`` under every budget; returns the summary.
 
     ``checkpoint`` and ``out_dir`` are local paths or ``s3://`` URIs. ``samples`` replaces the task's
@@ -180,12 +184,15 @@ def run_eval(checkpoint: str | os.PathLike, task: str, budgets: Sequence[Budget]
     ``out_dir/summary.json``) holds ``rows`` (one per budget, for the table and plot), ``files`` and
     provenance; uses the running Ray cluster, else ``RAY_ADDRESS``, else a local one.
     ``decode_options``: the LLaDA decoding options (``medlm.evaluation.check_budget``).
+    ``allow_unisolated_code``: for humaneval on a machine without an OS sandbox boundary, grade with
+    the in-process guards alone instead of refusing (the summary's ``sandbox`` then says so).
     """
     started = time.perf_counter()
     ckpt, local_ckpt, out = _resolve(str(checkpoint), str(out_dir))
     budgets = _check_inputs(local_ckpt, task, budgets, gen_len, batch_size, num_actors, threshold, block_size,
                             decode_options)
     decode_options = check_decode_options(decode_options)
+    sandbox = check_code_sandbox(task, allow_unisolated_code)  # refuses unisolated code unless allowed
     own_samples = samples is not None
     if samples is None:
         samples = load_samples(task, n_samples, split=split, seed=seed)
@@ -199,13 +206,17 @@ def run_eval(checkpoint: str | os.PathLike, task: str, budgets: Sequence[Budget]
              for b in budgets for i, s in enumerate(samples)]
     print(f"[eval] {task}: {len(samples)} samples x {len(budgets)} budgets = {len(items)} decodes on "
           f"{num_actors} actor(s), checkpoint {ckpt}", flush=True)
+    if sandbox is not None:
+        print(f"[eval] code runs behind the OS sandbox boundary {sandbox['boundary']!r} on this node"
+              + ("" if sandbox["isolated"] else " (NONE: in-process guards only, scores graded without isolation)"),
+              flush=True)
     ds = ray.data.from_items(items).map_batches(
         EvalActor,
         fn_constructor_kwargs={
             "checkpoint": ckpt.uri, "task": task, "budgets": [dataclasses.asdict(b) for b in budgets], "seed": seed,
             "batch_size": batch_size, "threshold": threshold, "block_size": block_size,
             "grade_timeout_s": grade_timeout_s, "num_threads": max(1, int(cpus_per_actor)),
-            "decode_options": decode_options,
+            "decode_options": decode_options, "allow_unisolated_code": allow_unisolated_code,
         },
         compute=ActorPoolStrategy(size=num_actors),
         batch_size=batch_size,
@@ -250,6 +261,11 @@ def run_eval(checkpoint: str | os.PathLike, task: str, budgets: Sequence[Budget]
         "files": {"samples": files, "table": "table.md", "plot": "accuracy_vs_nfe.png"},
         "wall_s": round(time.perf_counter() - started, 3),
     }
+    if sandbox is not None:  # where the code ran: per row counts, and one flag for the whole run
+        summary["sandbox"] = {
+            **sandbox, "boundaries_used": sorted({b for r in ordered_rows for b in r.get("sandbox_boundaries", {})}),
+            "n_sandbox_unavailable": sum(r.get("n_sandbox_unavailable", 0) for r in ordered_rows),
+            "graded_without_isolation": any(r.get("graded_without_isolation") for r in ordered_rows)}
     (out / "summary.json").write_text(json_dumps(summary))  # last: the run is trusted from here
     summary["out_dir"] = out.uri
     summary["table_markdown"] = table

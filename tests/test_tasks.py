@@ -239,6 +239,8 @@ def test_answers_match(pred, ref, same):
 
 
 # --------------------------------------------------------------------------- sandbox and HumanEval
+# These run behind the strongest OS boundary the machine offers, or none (allow_unisolated): what they
+# check holds either way. tests/test_sandbox.py runs under each boundary in turn.
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +260,7 @@ def test_canonical_humaneval_solutions_pass(humaneval):
     from medlm.tasks.humaneval import check_completion
 
     for problem in humaneval[:5]:
-        result = check_completion(problem, problem["canonical_solution"], timeout_s=15)
+        result = check_completion(problem, problem["canonical_solution"], timeout_s=15, allow_unisolated=True)
         assert result.passed, (problem["task_id"], result.reason, result.stderr[-500:])
         assert result.reason == "passed"
 
@@ -266,17 +268,17 @@ def test_canonical_humaneval_solutions_pass(humaneval):
 def test_wrong_humaneval_completion_fails(humaneval):
     from medlm.tasks.humaneval import check_completion
 
-    result = check_completion(humaneval[0], "    return None\n", timeout_s=15)
+    result = check_completion(humaneval[0], "    return None\n", timeout_s=15, allow_unisolated=True)
     assert not result.passed and result.reason.startswith("failed: AssertionError")
     # a completion that exits before the tests run must not pass
-    result = check_completion(humaneval[0], "    pass\nimport sys\nsys.exit(0)\n", timeout_s=15)
+    result = check_completion(humaneval[0], "    pass\nimport sys\nsys.exit(0)\n", timeout_s=15, allow_unisolated=True)
     assert not result.passed and "exited before the end" in result.reason
 
 
 def test_sandbox_runs_ordinary_code_with_a_private_writable_directory():
     code = ("import math, collections\nopen('note.txt', 'w').write('hi')\n"
             "print(open('note.txt').read(), math.gcd(12, 18))")
-    result = run_sandboxed(code, timeout_s=15)
+    result = run_sandboxed(code, timeout_s=15, allow_unisolated=True)
     assert result.passed and result.stdout == "hi 6\n"
 
 
@@ -329,7 +331,7 @@ def test_sandbox_cannot_write_outside_its_directory():
         f"from pathlib import Path\nPath({str(target)!r}).write_text('x')",
         f"import os\nos.chdir('/tmp')\nopen({target.name!r}, 'w').write('x')",
     ):
-        result = run_sandboxed(code, timeout_s=15)
+        result = run_sandboxed(code, timeout_s=15, allow_unisolated=True)
         assert result.reason.startswith("forbidden:"), (code, result.reason)
         assert not target.exists()
 
@@ -337,7 +339,7 @@ def test_sandbox_cannot_write_outside_its_directory():
 def test_sandbox_hides_the_parent_environment(monkeypatch):
     monkeypatch.setenv("MEDLM_TEST_SECRET", "hunter2-do-not-leak")
     code = "import os\nprint(sorted(os.environ.items()))\nassert 'MEDLM_TEST_SECRET' not in os.environ\n"
-    result = run_sandboxed(code, timeout_s=15)
+    result = run_sandboxed(code, timeout_s=15, allow_unisolated=True)
     assert result.passed, result.reason
     assert "hunter2" not in result.stdout + result.stderr
     assert "'PATH'" in result.stdout
@@ -345,7 +347,8 @@ def test_sandbox_hides_the_parent_environment(monkeypatch):
 
 
 def test_sandbox_output_is_bounded():
-    result = run_sandboxed("while True:\n    print('x' * 1000)\n", timeout_s=15, max_output_chars=5000)
+    result = run_sandboxed("while True:\n    print('x' * 1000)\n", timeout_s=15, max_output_chars=5000,
+                           allow_unisolated=True)
     assert not result.passed and "File too large" in result.reason
     assert len(result.stdout) <= 5000
 

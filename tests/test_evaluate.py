@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from jobs import evaluate as eval_job
 from jobs.init_model import cli as init_cli
+from trained_heads import train_edit_head
 from medlm.evaluation import (
     EDIT_KINDS,
     Budget,
@@ -44,6 +45,7 @@ HOSTILE_COMPLETION = "    while True:\n        pass\n"
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("eval") / "ckpt"
     assert init_cli(["--preset", "tiny", "--out", str(path)]) == 0
+    train_edit_head(path)  # edit budgets are refused from an insertion head that never saw an edit label
     return path
 
 

@@ -77,8 +77,13 @@ def run_arm(name: str, arm: dict, args, out: Path) -> dict:
     gen = {k: arm[k] for k in ("intermediate_prob", "draft_start", "commit_order")}
     if "max_intermediate_edit_steps" in arm:
         gen["max_intermediate_edit_steps"] = arm["max_intermediate_edit_steps"]
+    source = args.data / "draft_sources.jsonl"
+    if args.draft_rows:  # the first N rows: the same problems in every arm
+        source = out / f"draft_sources_{args.draft_rows}.jsonl"
+        lines = (args.data / "draft_sources.jsonl").read_text().splitlines(keepends=True)[: args.draft_rows]
+        source.write_text("".join(lines))
     drafts = run_generate(GenerateConfig(
-        source=str(args.data / "draft_sources.jsonl"), checkpoint=str(checkpoint), output=str(out / "drafts"),
+        source=str(source), checkpoint=str(checkpoint), output=str(out / "drafts"),
         seed=demo.seed, gen_len=demo.gen_len, tokens_per_step=list(demo.tokens_per_step), num_actors=2, batch_size=32,
         force=True, **gen))
     timings["drafts"] = time.perf_counter() - t
@@ -170,6 +175,7 @@ def main(argv=None) -> int:
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--refine-steps", type=int, default=500)
     ap.add_argument("--problems", type=int, default=300)
+    ap.add_argument("--draft-rows", type=int, default=0, help="draft only the first N source rows (0: all)")
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks/results/ab_recipe.json")
     args = ap.parse_args(argv)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -191,6 +197,7 @@ def main(argv=None) -> int:
     table = markdown(summary, results)
     report = {
         "date": time.strftime("%Y-%m-%d"), "base": str(args.base), "refine_steps": args.refine_steps,
+        "draft_rows": args.draft_rows or "all",
         "problems": args.problems, "load_avg_at_end": os.getloadavg(), "wall_s": time.time() - started,
         "arms": {a: {k: v for k, v in r.items() if k != "outcomes"} for a, r in results.items()},
         **summary, "table_markdown": table,

@@ -10,6 +10,7 @@ every boundary, and a program that cannot be started is reported as such, never 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from medlm.tasks import sandbox as sandbox_module
 from medlm.tasks.sandbox import BOUNDARIES, SANDBOX_UID, UNAVAILABLE, available_boundaries, run_sandboxed
 
 SECRET = "medlm-canary-secret-5f3c"
@@ -314,3 +316,57 @@ def test_medlm_eval_refuses_humaneval_without_a_boundary_before_any_work(monkeyp
     err = capsys.readouterr().err
     assert "no OS sandbox boundary" in err and "--allow-unisolated-code" in err and "bwrap" in err
     assert not out.exists()  # refused before Ray started or anything was written
+
+
+NON_ROOT_CHECK = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from sandbox import available_boundaries, run_sandboxed
+base, pid = sys.argv[2], int(sys.argv[3])
+out = {"boundaries": available_boundaries()}
+for name, code in {
+    "ids": "import os\\nprint(os.getuid(), os.getpid())",
+    "write": f"open('{base}/planted', 'w').write('x')",
+    "change": f"open('{base}/keep.txt', 'a').write('tampered')",
+    "system": f"import os\\nos.system('rm -f {base}/keep.txt')",
+    "kill": f"import os\\nos.kill({pid}, 9)",
+}.items():
+    r = run_sandboxed(code, in_process_guards=False, timeout_s=20)
+    out[name] = [r.boundary, r.reason, r.stdout]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to start a grader as another user")
+def test_bwrap_for_a_grader_that_is_not_root(tmp_path):
+    """The same module run by an unprivileged grader takes bubblewrap's user-namespace branch."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if available_boundaries()["bwrap"] is not None or python is None or shutil.which("setpriv") is None:
+        pytest.skip("needs bubblewrap, setpriv and a system python3 that uid 65534 can run")
+    home = Path(tempfile.mkdtemp(prefix="medlm-nonroot-"))
+    try:
+        home.chmod(0o777)
+        shutil.copyfile(sandbox_module.__file__, home / "sandbox.py")  # stdlib only: runs on any python3
+        (home / "sandbox.py").chmod(0o644)
+        (home / "keep.txt").write_text("canary")
+        (home / "keep.txt").chmod(0o666)
+        sleeper = subprocess.Popen(["sleep", "60"], user=SANDBOX_UID, group=SANDBOX_UID, extra_groups=[])
+        try:
+            done = subprocess.run(["setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
+                                   python, "-I", "-B", "-c", NON_ROOT_CHECK, str(home), str(home), str(sleeper.pid)],
+                                  capture_output=True, text=True, timeout=120, cwd=home,
+                                  env={"PATH": "/usr/bin:/bin", "HOME": str(home)})
+            assert sleeper.poll() is None
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+        assert done.returncode == 0, done.stderr[-2000:]
+        out = json.loads(done.stdout)
+        print("non-root grader:", out["boundaries"])
+        assert out["boundaries"]["bwrap"] is None and out["boundaries"]["unshare"].startswith("needs root")
+        assert out["ids"][:2] == ["bwrap", "passed"] and out["ids"][2].split()[1] == "2"  # own PID namespace
+        assert all(out[k][0] == "bwrap" and not out[k][1].startswith(UNAVAILABLE) for k in out if k != "boundaries")
+        assert sorted(p.name for p in home.iterdir()) == ["keep.txt", "sandbox.py"]
+        assert (home / "keep.txt").read_text() == "canary"
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

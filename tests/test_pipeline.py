@@ -308,6 +308,8 @@ def test_fail_fast_before_any_work(work, checkpoints, source_dir, capsys):
     assert "max_response_len" in _fail(capsys, *good, "gen_len=32", "max_response_len=64")
     assert "draft_start must be one of masked, partial, got 'half'" in _fail(capsys, *good, "draft_start=half")
     assert "commit_order must be one of" in _fail(capsys, *good, "commit_order=lifo")
+    assert "cfg_scale must be a finite number >= 0, got -1" in _fail(capsys, *good, "cfg_scale=-1")
+    assert "stop_ids: token id 99999 is outside the vocabulary [0, 1024)" in _fail(capsys, *good, "stop_ids=[99999]")
     # a fresh `medlm init` checkpoint's insertion head never saw an edit label: no intermediate edits from it
     untrained = work / "ckpt-untrained"
     assert init_model.cli(["--preset", "tiny", "--out", str(untrained), "--tokenizer", str(checkpoints[0])]) == 0

@@ -26,6 +26,7 @@ from pipeline.drafts.shards import SCHEMA_VERSION, RunLayout, open_run
 CONTENT_FIELDS = (  # config fields that decide the rows; the rest (actors, batch sizes...) do not
     "seed", "gen_len", "tokens_per_step", "intermediate_prob", "max_intermediate_edit_steps",
     "temperature", "max_response_len", "draft_start", "commit_order", "confidence_eos_eot_inf",
+    "logits_eos_inf", "cfg_scale", "stop_ids",
 )
 
 
@@ -50,6 +51,9 @@ class GenerateConfig:
     draft_start: str = "masked"  # masked | partial (the reference with t ~ U(0, 1) of it masked, as ME-DLM)
     commit_order: str = "confidence"  # confidence | random (ME-DLM's training drafts)
     confidence_eos_eot_inf: bool = False  # commit end-of-text / end-of-turn last (on in the LLaDA-8B config)
+    logits_eos_inf: bool = False  # never sample an end token while drafting
+    cfg_scale: float = 0.0  # classifier-free guidance (LLaDA's cfg_scale); 0 = off
+    stop_ids: list = field(default_factory=list)  # more token ids that end a response
     max_response_len: Optional[int] = None  # default gen_len; longer references are rejected
     num_actors: Any = 1  # an int, or [min, max] for an autoscaling pool
     cpus_per_actor: float = 1.0
@@ -76,6 +80,9 @@ class GenerateConfig:
             draft_start=self.draft_start,
             commit_order=self.commit_order,
             confidence_eos_eot_inf=bool(self.confidence_eos_eot_inf),
+            logits_eos_inf=bool(self.logits_eos_inf),
+            cfg_scale=self.cfg_scale,
+            stop_ids=tuple(self.stop_ids),
         )
 
     def pool_size(self) -> tuple[int, int]:
@@ -185,7 +192,12 @@ def plan_run(cfg: GenerateConfig) -> RunPlan:
                             "insertion head was trained on (no edit_examples_seen in medlm_meta.json); its intermediate "
                             "edits are trusted as given")
             print(f"[generate] warning: {warnings[-1]}", flush=True)
-    max_positions = int(json.loads((ckpt / "config.json").read_text())["max_position_embeddings"])
+    model_config = json.loads((ckpt / "config.json").read_text())
+    max_positions = int(model_config["max_position_embeddings"])
+    try:  # stop ids must be tokens of this model
+        recipe.validate(vocab_size=int(model_config["vocab_size"]))
+    except ValueError as e:
+        raise GenerateError(str(e)) from None
     if cfg.gen_len >= max_positions:
         raise GenerateError(f"gen_len={cfg.gen_len} leaves no room for a prompt in the model's {max_positions} positions")
     tokenizer = load_tokenizer(ckpt)

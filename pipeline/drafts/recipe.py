@@ -27,6 +27,8 @@ import math
 import random
 from dataclasses import asdict, dataclass
 
+from medlm.sampling import DecodeConfig
+
 SEED_RULE = "int(sha256(f'{seed}:{row_id}').hexdigest()[:8], 16)"
 DRAFT_STARTS = ("masked", "partial")
 COMMIT_ORDERS = ("confidence", "random")
@@ -45,8 +47,11 @@ class DraftRecipe:
     draft_start: str = "masked"  # masked | partial
     commit_order: str = "confidence"  # confidence | random
     confidence_eos_eot_inf: bool = False  # end-of-text / end-of-turn committed last (LLaDA-Instruct's setting)
+    logits_eos_inf: bool = False  # end tokens never sampled while drafting
+    cfg_scale: float = 0.0  # classifier-free guidance of the drafts (LLaDA's cfg_scale)
+    stop_ids: tuple[int, ...] = ()  # more token ids that end a response (ranked last with the end tokens)
 
-    def validate(self) -> None:
+    def validate(self, vocab_size: int | None = None) -> None:
         if self.gen_len < 1:
             raise ValueError(f"gen_len must be >= 1, got {self.gen_len}")
         if not self.tokens_per_step:
@@ -65,6 +70,12 @@ class DraftRecipe:
             )
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        try:  # the LLaDA decoding options, checked as the sampler checks them
+            DecodeConfig(temperature=self.temperature, cfg_scale=self.cfg_scale, stop_ids=tuple(self.stop_ids),
+                         logits_eos_inf=self.logits_eos_inf,
+                         confidence_eos_eot_inf=self.confidence_eos_eot_inf).validate(vocab_size=vocab_size)
+        except ValueError as e:
+            raise ValueError(str(e)) from None
         if self.draft_start not in DRAFT_STARTS:
             raise ValueError(f"draft_start must be one of {', '.join(DRAFT_STARTS)}, got {self.draft_start!r}")
         if self.commit_order not in COMMIT_ORDERS:
@@ -73,6 +84,7 @@ class DraftRecipe:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["tokens_per_step"] = list(self.tokens_per_step)
+        d["stop_ids"] = list(self.stop_ids)
         d["seed_rule"] = SEED_RULE
         return d
 

@@ -52,6 +52,9 @@ def draft_rows(
             seed=r.draft_seed,
             remasking="random" if recipe.commit_order == "random" else "low_confidence",
             confidence_eos_eot_inf=recipe.confidence_eos_eot_inf,
+            logits_eos_inf=recipe.logits_eos_inf,
+            cfg_scale=recipe.cfg_scale,
+            stop_ids=tuple(recipe.stop_ids),
         )
         for r in recipes
     ]

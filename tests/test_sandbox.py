@@ -164,12 +164,15 @@ def test_the_boundary_alone_contains_resource_exhaustion(boundary, canary, kind,
 
 def test_the_program_runs_as_an_unprivileged_user_without_network(boundary):
     code = ("import os, socket\nprint(os.getuid(), os.getgid(), os.getgroups())\n"
-            "print(sorted(socket.if_nameindex()))\nprint(os.getpid())\n")
+            "print(sorted(socket.if_nameindex()))\nprint(os.getpid())\n"
+            "print(*[line.split()[1] for line in open('/proc/self/status') if line.startswith(('CapEff', 'CapBnd',"
+            " 'NoNewPrivs'))])\n")
     result = run_sandboxed(code, boundary=boundary, in_process_guards=False, timeout_s=15)
     assert result.passed, (result.reason, result.stderr[-500:])
-    ids, interfaces, pid = result.stdout.splitlines()
+    ids, interfaces, pid, privileges = result.stdout.splitlines()
     if IS_ROOT:
         assert ids == f"{SANDBOX_UID} {SANDBOX_UID} []"
+        assert privileges == "0000000000000000 0000000000000000 1"  # no capabilities, none to gain
     assert interfaces == "[(1, 'lo')]"  # a network namespace of its own: loopback only, and down
     assert int(pid) < 100  # a PID namespace of its own
 

@@ -254,16 +254,17 @@ def _command(boundary: str, root: Path, limits_json: str) -> list[str]:
             os.chown(path, SANDBOX_UID, SANDBOX_GID)
     drop = [_tool("setpriv") or "setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_GID}", "--clear-groups",
             "--inh-caps=-all"]
+    drop += ["--no-new-privs", "--bounding-set=-all", "--"]
     if boundary == "bwrap":
-        return _bwrap_command(root, py_dirs, drop + ["--"] if as_root else [], child)
-    return _unshare_command(root, py_dirs, drop + ["--no-new-privs", "--bounding-set=-all", "--"], child)
+        return _bwrap_command(root, py_dirs, drop if as_root else [], child)
+    return _unshare_command(root, py_dirs, drop, child)
 
 
 def _bwrap_command(root: Path, py_dirs: list[str], drop: list[str], child: list[str]) -> list[str]:
     cmd = [_tool("bwrap") or "bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
            "--unshare-cgroup-try", "--die-with-parent"]
     if drop:  # root: no user namespace (it would map the program to root); setpriv drops to 65534
-        cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
     else:
         cmd += ["--unshare-user"]
     binds = [("--ro-bind", "/usr")]

@@ -124,7 +124,7 @@ def load_checkpoint(
     device, dtype = device_and_dtype(device, dtype)
     hf_logging.disable_progress_bar()
     model = MedlmForEditing.from_pretrained(str(path), dtype=dtype)
-    model.to(device).eval()
+    model.to(device).eval()  # type: ignore[arg-type]  # transformers' decorated .to() is typed as unbound
     tokenizer = load_tokenizer(path)
     sp = special_ids(tokenizer)
     if sp.mask != model.config.mask_token_id or sp.delete != model.config.del_token_id:

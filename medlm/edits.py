@@ -169,6 +169,7 @@ def closest_reference(draft: Sequence, references: Sequence[Sequence]) -> tuple[
         d = edit_distance(draft, ref)
         if best_d is None or d < best_d:
             best, best_d = i, d
+    assert best_d is not None  # references is not empty
     return best, int(best_d)
 
 

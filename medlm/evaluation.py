@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from medlm.sampling import DecodeConfig, check_decode_options, generate
+from medlm.sampling import DecodeConfig, DecodeResult, check_decode_options, generate
 from medlm.stats import mcnemar_exact, newcombe_paired_interval, paired_comparison, wilson_interval
 from medlm.tasks import get_task
 from medlm.tokenizer import chat_prompt_ids, decode_response, special_ids
@@ -296,7 +296,7 @@ def _decode_isolating_failures(model, prompts, configs, special) -> list:
     try:
         return generate(model, prompts, configs, special)
     except Exception:
-        results = []
+        results: list[DecodeResult | Exception] = []
         for p, c in zip(prompts, configs):
             try:
                 results.append(generate(model, [p], [c], special)[0])
@@ -358,7 +358,7 @@ def evaluate_samples(model, tokenizer, samples: Sequence[dict], budget: Budget, 
                 allow_unisolated_code=allow_unisolated_code)
         if on_batch is not None:
             on_batch(min(start + batch_size, len(todo)), len(todo))
-    return records  # type: ignore[return-value]
+    return records  # type: ignore[return-value]  # no slot is None here: each got an error or a scored record
 
 
 # --------------------------------------------------------------------------- summaries
@@ -397,7 +397,7 @@ def summarise(records: Sequence[dict]) -> dict:
     for r in records:
         if r.get("error"):
             reasons[r["error"]["reason"]] = reasons.get(r["error"]["reason"], 0) + 1
-    summary = {
+    summary: dict = {
         "n": len(records),
         "n_errors": sum(reasons.values()),
         "errors_by_reason": reasons,

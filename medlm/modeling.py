@@ -34,7 +34,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 try:  # optional fast path on GPU
-    from flash_attn import flash_attn_varlen_func  # type: ignore
+    from flash_attn import flash_attn_varlen_func
 except Exception:  # pragma: no cover - flash-attn is not installable on CPU machines
     flash_attn_varlen_func = None
 
@@ -95,7 +95,8 @@ class MedlmConfig(PretrainedConfig):
         self.no_insert_token_id = pad_token_id if no_insert_token_id is None else no_insert_token_id
         kwargs.pop("attn_implementation_hint", None)  # an unused field of configs saved before 2026-12
         kwargs.setdefault("tie_word_embeddings", False)
-        super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id, **kwargs)
+        # transformers 5 takes the token ids through PreTrainedConfig's **kwargs, which its typed signature hides
+        super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id, **kwargs)  # type: ignore[call-arg]
         if hidden_size % num_attention_heads:
             raise ValueError(f"hidden_size={hidden_size} is not divisible by num_attention_heads={num_attention_heads}")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -187,7 +188,7 @@ class Attention(nn.Module):
 class PackedAttention:
     """Bidirectional attention restricted to each packed sequence (block-diagonal)."""
 
-    def __init__(self, cu_seqlens: torch.Tensor, total: int, device, use_flash: bool, eager: bool = False):
+    def __init__(self, cu_seqlens: torch.Tensor, device, use_flash: bool, eager: bool = False):
         self.cu_seqlens = cu_seqlens.to(device=device, dtype=torch.int32)
         lengths = (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).long()
         self.max_seqlen = int(lengths.max().item()) if lengths.numel() else 0
@@ -340,7 +341,7 @@ class MedlmForEditing(PreTrainedModel):
             impl == "flash_attention_2" and flash_attn_varlen_func is not None and x.is_cuda
             and x.dtype in (torch.float16, torch.bfloat16)
         )
-        attn = PackedAttention(cu_seqlens, T, x.device, use_flash, eager=impl == "eager")
+        attn = PackedAttention(cu_seqlens, x.device, use_flash, eager=impl == "eager")
         for layer in self.layers:
             x = layer(x, cos, sin, attn)
         x = self.norm(x)

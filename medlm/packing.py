@@ -221,6 +221,7 @@ class ExampleStream:
                 "draws": self.draws}
 
     def _mask(self) -> dict:
+        assert self.mask_order is not None  # drawn only when there are mask rows
         i, epoch = self.mask_order.next()
         rows = self.mask_rows
         rng = random.Random(f"{self.seed}:{rows.ids[i]}:{epoch}")
@@ -238,6 +239,7 @@ class ExampleStream:
         return ex
 
     def _edit(self) -> dict:
+        assert self.edit_order is not None  # drawn only when there are edit rows
         i, _ = self.edit_order.next()
         rows = self.edit_rows
         return edit_example(rows.prompt[i], rows.draft[i], rows.token_target[i], rows.insert_target[i], self.special,

@@ -77,7 +77,10 @@ def number_probe(model, tokenizer, problems: Sequence, *, gen_len: int, seed: in
     try:
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
-            flat, index, expected, offset = [], [], [], 0
+            flat: list[int] = []
+            index: list[int] = []
+            expected: list[list[int]] = []
+            offset = 0
             cu = [0]
             for _, ids, positions, want in chunk:
                 flat.extend(ids)
@@ -96,6 +99,6 @@ def number_probe(model, tokenizer, problems: Sequence, *, gen_len: int, seed: in
                 hits[cat] += int(got == want)
     finally:
         model.train(was_training)
-    result = {c: (hits[c] / counts[c] if counts[c] else None) for c in CATEGORIES}
+    result: dict[str, object] = {c: (hits[c] / counts[c] if counts[c] else None) for c in CATEGORIES}
     result["n"] = counts
     return result

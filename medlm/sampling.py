@@ -211,9 +211,9 @@ def mask_diffusion(
     starts = list(starts) if starts is not None else [None] * n
     if len(starts) != n:
         raise ValueError(f"{n} prompts but {len(starts)} starts")
-    for i, (st, c) in enumerate(zip(starts, configs)):
-        if st is not None and len(st) != c.gen_len:
-            raise ValueError(f"starts[{i}] holds {len(st)} tokens, not gen_len={c.gen_len}")
+    for i, (st, cfg) in enumerate(zip(starts, configs)):
+        if st is not None and len(st) != cfg.gen_len:
+            raise ValueError(f"starts[{i}] holds {len(st)} tokens, not gen_len={cfg.gen_len}")
     seqs = [list(p) + (list(st) if st is not None else [special.mask] * c.gen_len)
             for p, c, st in zip(prompts, configs, starts)]
     plen = [len(p) for p in prompts]
@@ -241,31 +241,31 @@ def mask_diffusion(
         offsets = cu[:-1].tolist()
         index = torch.tensor([offsets[b] + j for b, m in enumerate(rows) for j in m], device=device)
         logits = model(ids, cu_seqlens=cu, logits_index=index, return_insert=False).token_logits.float()
-        starts = [0]
+        row_start = [0]  # first logits row of each entry of `rows`
         for m in rows:
-            starts.append(starts[-1] + len(m))
-        n_cond = starts[len(active)]
+            row_start.append(row_start[-1] + len(m))
+        n_cond = row_start[len(active)]
         for g, a in enumerate(guided):  # un + (cfg + 1) * (cond - un), before any -inf
-            cond = logits[starts[a]: starts[a + 1]]
-            un = logits[starts[len(active) + g]: starts[len(active) + g + 1]]
+            cond = logits[row_start[a]: row_start[a + 1]]
+            un = logits[row_start[len(active) + g]: row_start[len(active) + g + 1]]
             cond.copy_(un + (configs[active[a]].cfg_scale + 1) * (cond - un))
         logits = logits[:n_cond]
         logits[:, banned] = NEG_INF
         for a, i in enumerate(active):
             if configs[i].logits_eos_inf:
-                logits[starts[a]: starts[a + 1], ends[i]] = NEG_INF
+                logits[row_start[a]: row_start[a + 1], ends[i]] = NEG_INF
         # one softmax / max for the whole packed batch, then plain-Python bookkeeping per request
-        conf_all, pred_all = torch.softmax(logits, dim=-1).max(dim=-1)
-        conf_all, pred_all = conf_all.tolist(), pred_all.tolist()
+        conf_t, pred_t = torch.softmax(logits, dim=-1).max(dim=-1)
+        conf_all, pred_all = conf_t.tolist(), pred_t.tolist()
         for a, i in enumerate(active):
             cfg = configs[i]
             m = masked[a]
-            conf = conf_all[starts[a]: starts[a + 1]]
-            pred = pred_all[starts[a]: starts[a + 1]]
+            conf = conf_all[row_start[a]: row_start[a + 1]]
+            pred = pred_all[row_start[a]: row_start[a + 1]]
             # per-request random numbers from the request's own generator (module note: their order),
             # so a request decodes the same alone or packed
             if cfg.temperature > 0:
-                p_t, c_t = _llada_sample(logits[starts[a]: starts[a + 1]], cfg.temperature, gens[i])
+                p_t, c_t = _llada_sample(logits[row_start[a]: row_start[a + 1]], cfg.temperature, gens[i])
                 pred, conf = p_t.tolist(), c_t.tolist()
             if cfg.remasking == "random":
                 conf = torch.rand(len(m), generator=gens[i], dtype=torch.float64).tolist()
@@ -333,10 +333,10 @@ def edit_step(model, states: Sequence[EditState], special: SpecialIds) -> None:
     ins_logits = out.insert_logits.float()
     tok_logits[:, [special.mask, special.pad]] = NEG_INF
     ins_logits[:, [special.mask, special.delete]] = NEG_INF
-    tok_conf, tok_pred = torch.softmax(tok_logits, -1).max(-1)
-    ins_conf, ins_pred = torch.softmax(ins_logits, -1).max(-1)
-    tok_pred, tok_conf = tok_pred.tolist(), tok_conf.tolist()
-    ins_pred, ins_conf = ins_pred.tolist(), ins_conf.tolist()
+    tok_conf_t, tok_pred_t = torch.softmax(tok_logits, -1).max(-1)
+    ins_conf_t, ins_pred_t = torch.softmax(ins_logits, -1).max(-1)
+    tok_pred, tok_conf = tok_pred_t.tolist(), tok_conf_t.tolist()
+    ins_pred, ins_conf = ins_pred_t.tolist(), ins_conf_t.tolist()
 
     row = 0
     for s in states:
@@ -391,21 +391,20 @@ def edit_refine(
     before it, so a client can show exactly which tokens the step replaced, deleted and inserted.
     """
     states = [EditState(list(p), list(d), c) for p, d, c in zip(prompts, drafts, configs)]
-    for i, s in enumerate(states):
+    for s in states:
         if s.cfg.edit_steps == 0:
             s.done = True
-    step = 0
     while True:
         active = [i for i, s in enumerate(states) if not s.done and s.nfe < s.cfg.edit_steps]
         if not active:
             break
         before = {i: len(states[i].history) for i in active}
         edit_step(model, [states[i] for i in active], special)
-        step += 1
         if on_step is not None:
             for i in active:
-                if len(states[i].history) > before[i]:
-                    on_step(i, states[i].nfe, states[i].response, states[i].last_labels)
+                labels = states[i].last_labels
+                if len(states[i].history) > before[i] and labels is not None:  # labels: set by every applied step
+                    on_step(i, states[i].nfe, states[i].response, labels)
     return states
 
 

@@ -99,7 +99,7 @@ def newcombe_paired_interval(both: int, only_x: int, only_y: int, neither: int,
     margins = (x_right, n - x_right, y_right, n - y_right)
     phi = 0.0
     if all(margins):
-        cross = both * neither - only_x * only_y
+        cross: float = both * neither - only_x * only_y
         if cross > n / 2:
             cross -= n / 2
         elif cross >= 0:

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 __all__ = ["Task", "get_task", "TASKS", "gsm8k_path", "gsm8k_source", "load_gsm8k"]
 
@@ -26,7 +26,7 @@ _HUB_NAMES = ("hub", "hf", "openai/gsm8k")
 class Task:
     name: str
     load: Callable[..., list]  # problems (keyword arguments depend on the task)
-    grade: Callable[[Any, str], dict]  # (problem, model text) -> {"correct": bool, ...}
+    grade: Callable[..., dict]  # (problem, model text, **task options) -> {"correct": bool, ...}
 
 
 def gsm8k_source(source: str | os.PathLike | None = None) -> str:

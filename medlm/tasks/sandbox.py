@@ -518,8 +518,8 @@ class _Guard:
                     setattr(module, name, self._path_checked(getattr(module, name), f"{prefix}.{name}", n_paths))
         for name in ("rmtree", "move", "chown"):
             setattr(shutil, name, self.forbid(f"shutil.{name}"))
-        sp.Popen = self.forbid("subprocess")  # run/call/check_output all go through Popen
-        sp._fork_exec = self.forbid("subprocess")
+        sp.Popen = self.forbid("subprocess")  # type: ignore[misc]  # replaced on purpose; run/call/check_output use it
+        sp._fork_exec = self.forbid("subprocess")  # type: ignore[attr-defined]  # private, absent from the stubs
         _posixsubprocess.fork_exec = self.forbid("subprocess")
 
         real_open, real_os_open = builtins.open, os.open
@@ -543,7 +543,7 @@ class _Guard:
 
         builtins.open = io.open = _io.open = guarded_open
         os.open = posix.open = guarded_os_open
-        io.FileIO = _io.FileIO = GuardedFileIO
+        io.FileIO = _io.FileIO = GuardedFileIO  # type: ignore[misc]  # replacing the class is the guard
 
         for name in _BLOCKED_IMPORTS:  # imported by this runner (resource): make them reload
             sys.modules.pop(name, None)

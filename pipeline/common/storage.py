@@ -367,8 +367,3 @@ def local_copy(target: str | os.PathLike | Location, *, weights: bool = True) ->
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
-
-
-def iter_lines(target: Location) -> Iterator[str]:
-    if target.is_file():
-        yield from target.read_text().splitlines()

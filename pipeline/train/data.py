@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import ray
 
 from pipeline.common.sources import OK, SourceError, read_normalised, resolve_sources
-from pipeline.common.storage import Location, StorageError, location
+from pipeline.common.storage import Location, StorageError
 from pipeline.drafts.shards import SCHEMA_VERSION, RunNotReady, open_run
 
 DRAFT_COLUMNS = ("id", "prompt_ids", "target_ids", "draft_ids", "token_target", "insert_target")

@@ -7,7 +7,7 @@ export DS_ACCELERATOR ?= cpu
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test demo demo-quick bench clean
+.PHONY: setup test demo demo-quick base bench clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ demo: setup
 
 demo-quick: setup
 	$(BIN)/medlm demo --quick
+
+# Retrain the shipped base model (medlm/base + PROVENANCE.json) with the demo's own base stage, then
+# evaluate it mask-only at the full budget and at 1/8; commit medlm/base to ship it
+base: setup
+	$(BIN)/medlm demo --from-scratch --base-only
 
 # Every benchmark, ~2-2.5 h on 2 idle cores (see README "Benchmarks"); on a busy machine the numbers
 # mean little (each script warns). Add QUICK=--quick for seconds-to-minutes smoke runs to *.smoke.json.

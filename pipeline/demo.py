@@ -1,11 +1,15 @@
 """The embedded end-to-end demo: every stage of ME-DLM on one machine, with local Ray.
 
-    tokenizer -> toy data -> base model (mask objective, Ray Train + DeepSpeed)
-      -> drafts (Ray Data -> Parquet shards) -> refiner (mask + edit mixture, Ray Train + DeepSpeed)
+    tokenizer -> toy data -> base model (the shipped one in medlm/base, or trained: mask objective,
+      Ray Train + DeepSpeed) -> drafts (Ray Data -> Parquet shards) -> refiner (mask + edit mixture, Ray Train + DeepSpeed)
       -> step-budget table (distributed eval) -> Serve app + one HTTP request -> results/<run>/
 
 Each stage writes ``<out>/stages/<name>.json`` when it finishes; a rerun with the same settings
 reuses finished stages, so an interrupted demo picks up where it stopped.
+
+Options beyond the default run: ``from_scratch`` trains the base (and, from the CLI, ships it into
+``medlm/base``: ``make base``); ``seeds=N`` repeats the refiner stage with N seeds; ``control=true``
+adds the Stage-2 control (the base fine-tuned as long as the refiner on the mask objective alone).
 """
 
 from __future__ import annotations
@@ -25,6 +29,15 @@ from pipeline.common.io import write_text_atomic
 from pipeline.common.ray_connect import connect_ray
 
 REPO = Path(__file__).resolve().parents[1]
+# The time goal is 20 minutes on a host whose plain training loop (medlm.trainer.train_local, `small`,
+# two 1,024-token packed rows per step, all cores) runs 6,000 tokens/s, and scales with it (40 at 3,000)
+HOST_REFERENCE_TOKENS_PER_S = 6000.0
+PROBE_PRESET, PROBE_MAX_LEN, PROBE_ROWS = "small", 1024, 2
+DRAFT_STARTS = ("masked", "partial")
+COMMIT_ORDERS = ("confidence", "random")
+# settings added after demo runs were recorded: in a fingerprint only when they differ from their
+# default, so stages finished before they existed are still reused
+_LATER_SETTINGS = {"draft_start": "masked", "commit_order": "confidence", "loss_weighting": "llada"}
 
 
 @dataclass
@@ -75,34 +88,62 @@ class DemoConfig:
     eval_batch_size: int = 50
     eval_actors: int = 2
     serve: bool = True
+    # the base model: the shipped one (medlm/base, checked by sha256 before Ray starts) when there is one
+    # of this preset; from_scratch=true (`medlm demo --from-scratch`) trains it with the base_* settings
+    from_scratch: bool = False
+    # the refiner recipe (the lead's A/B decides the defaults): how its training drafts start and commit
+    # (pipeline.drafts GenerateConfig) and how its losses are weighted (pipeline.train TrainConfig)
+    draft_start: str = "masked"  # masked | partial
+    commit_order: str = "confidence"  # confidence | random
+    loss_weighting: str = "llada"  # llada | me-dlm
+    seeds: int = 1  # > 1: repeat the refiner stage (and its evaluation) with seeds seed+1 ... seed+N-1
+    control: bool = False  # add the Stage-2 control: the base fine-tuned refine_steps on the mask objective
+    # the host's speed: the plain training loop for this many seconds at the start (0: skip), and the
+    # wall-time goal at 6,000 tokens/s, scaled by it
+    probe_seconds: float = 5.0
+    time_goal_minutes: float = 20.0
 
     @classmethod
-    def quick_preset(cls, **overrides) -> "DemoConfig":
+    def quick_preset(cls, **overrides) -> DemoConfig:
         """A few-minute smoke version: tiny model, few steps; numbers mean little."""
         base = dict(quick=True, run_name="demo-quick", preset="tiny", train_problems=400, test_problems=24,
                     base_steps=40, base_lr=3e-3, base_min_lr=3e-4, refine_steps=20, draft_rows=80, max_len=512,
-                    micro_batch_rows=1, probe_problems=16, eval_batch_size=24, out="artifacts/demo-quick")
+                    micro_batch_rows=1, probe_problems=16, eval_batch_size=24, out="artifacts/demo-quick",
+                    time_goal_minutes=5.0)
         base.update(overrides)
         return cls(**base)
 
     def fingerprint(self, *names: str) -> str:
-        data = {n: getattr(self, n) for n in names}
+        data = {n: getattr(self, n) for n in names
+                if not (n in _LATER_SETTINGS and getattr(self, n) == _LATER_SETTINGS[n])}
         if "preset" in names:  # a preset whose definition changed must not reuse a model trained from the old one
             from medlm.modeling import PRESETS
 
             data["preset_definition"] = PRESETS.get(self.preset)
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
-    def check(self) -> "DemoConfig":
+    def check(self) -> DemoConfig:
         """Refuse, before Ray starts, a demo that cannot fit; the message names the setting."""
         from medlm.evaluation import budget_table
+        from medlm.packing import LOSS_WEIGHTINGS
 
         for name in ("gen_len", "train_problems", "test_problems", "draft_rows", "base_steps", "refine_steps",
-                     "num_workers", "max_len", "micro_batch_rows", "probe_problems", "eval_batch_size", "eval_actors"):
+                     "num_workers", "max_len", "micro_batch_rows", "probe_problems", "eval_batch_size", "eval_actors",
+                     "seeds"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"demo config: {name}={getattr(self, name)} must be >= 1")
         if self.regenerate_with not in ("drafts", "online"):
             raise ValueError(f"demo config: regenerate_with={self.regenerate_with!r}; use 'drafts' or 'online'")
+        for name, allowed in (("draft_start", DRAFT_STARTS), ("commit_order", COMMIT_ORDERS),
+                              ("loss_weighting", LOSS_WEIGHTINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"demo config: {name}={getattr(self, name)!r}; use one of {', '.join(allowed)}")
+        if self.seeds > 1 and self.regenerate_steps:
+            raise ValueError(f"demo config: seeds={self.seeds} repeats the first refiner stage only; it cannot be "
+                             f"combined with regenerate_steps={self.regenerate_steps} (set one of them to its default)")
+        if self.probe_seconds < 0 or self.time_goal_minutes <= 0:
+            raise ValueError(f"demo config: probe_seconds={self.probe_seconds} must be >= 0 and "
+                             f"time_goal_minutes={self.time_goal_minutes} > 0")
         if self.cpus_per_worker <= 0 or self.regenerate_steps < 0:
             raise ValueError(f"demo config: cpus_per_worker={self.cpus_per_worker} must be > 0 and "
                              f"regenerate_steps={self.regenerate_steps} >= 0")
@@ -144,6 +185,7 @@ class Stages:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.say = say
         self.timings: dict[str, float] = {}
+        self.reused: list[str] = []  # stages this invocation did not run
 
     def run(self, name: str, fingerprint: str, fn: Callable[[], dict], work: Optional[Path] = None) -> dict:
         """``work`` is the folder the stage writes. An interrupted attempt with the same fingerprint resumes
@@ -155,6 +197,7 @@ class Stages:
             if saved.get("fingerprint") == fingerprint:
                 self.say(f"[demo] {name}: reusing the finished stage ({marker})")
                 self.timings[name] = float(saved.get("seconds", 0.0))  # what the stage cost when it ran
+                self.reused.append(name)
                 return saved["result"]
         started = self.dir / f"{name}.started"
         earlier = _earlier_attempt(started, fingerprint)
@@ -171,8 +214,8 @@ class Stages:
         t = time.perf_counter()
         result = fn()
         self.timings[name] = time.perf_counter() - t + spent
-        write_text_atomic(marker, json.dumps({"fingerprint": fingerprint, "result": result,
-                                              "seconds": self.timings[name], "earlier_attempts_seconds": spent}, indent=2, default=str))
+        write_text_atomic(marker, json.dumps({"fingerprint": fingerprint, "result": result, "seconds": self.timings[name],
+                                              "earlier_attempts_seconds": spent}, indent=2, default=str))
         self.say(f"[demo] {name}: done in {self.timings[name]:.0f} s")
         return result
 
@@ -207,12 +250,13 @@ def _train(cfg: DemoConfig, out: Path, **kwargs) -> dict:
     from pipeline.train import TrainConfig, run_training
 
     steps = kwargs["max_steps"]
+    seed = kwargs.pop("seed", cfg.seed)
     buckets = {"reduce_bucket_size": cfg.bucket_elements, "allgather_bucket_size": cfg.bucket_elements}
     tc = TrainConfig(
         storage_path=str(out / "train"), num_workers=cfg.num_workers, cpus_per_worker=cfg.cpus_per_worker,
         zero_stage=cfg.zero_stage, deepspeed_overrides={"zero_optimization": buckets},
-        gen_len=cfg.gen_len, max_len=cfg.max_len, micro_batch_rows=cfg.micro_batch_rows, seed=cfg.seed,
-        probe="toy", probe_problems=cfg.probe_problems, warmup_steps=max(5, min(100, steps // 20)),
+        gen_len=cfg.gen_len, max_len=cfg.max_len, micro_batch_rows=cfg.micro_batch_rows,
+        seed=seed, probe="toy", probe_problems=cfg.probe_problems, warmup_steps=max(5, min(100, steps // 20)),
         checkpoint_every=max(50, steps // 4), log_every=max(5, steps // 40), **kwargs,
     )
     res = run_training(tc)
@@ -220,13 +264,113 @@ def _train(cfg: DemoConfig, out: Path, **kwargs) -> dict:
         "run_dir", "export_dir", "steps", "metrics", "metrics_path", "loss_plot", "rows", "wall_s")}
 
 
-def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
-    """Run every stage (reusing finished ones) and write the results folder; returns results.json."""
+def choose_base(cfg: DemoConfig, shipped_root: Optional[Path] = None):
+    """(the verified shipped base or None, one line saying where this run's base comes from).
+
+    Raises ``medlm.shipped.ShippedBaseError`` (before Ray starts) when a shipped base is damaged or
+    incomplete, even for a run that would not use it: the install itself is broken."""
+    from medlm.shipped import ShippedBaseError, find_shipped_base, package_base_dir
+
+    where = shipped_root if shipped_root is not None else package_base_dir()
+    if cfg.from_scratch:  # also the way to replace a damaged shipped base, so that one does not stop it
+        try:
+            shipped = find_shipped_base(shipped_root)
+            now = f"the shipped one is {shipped.sha256[:16]}" if shipped else "none is shipped"
+        except ShippedBaseError as e:
+            now = f"the shipped one is unusable: {str(e).split(';')[0]}"
+        return None, f"base: training it from scratch ({cfg.base_steps} steps, from_scratch; {now})"
+    shipped = find_shipped_base(shipped_root)
+    if shipped is None:
+        return None, (f"base: none shipped yet ({where} has no PROVENANCE.json); training it from scratch "
+                      f"({cfg.base_steps} steps; `make base` ships one)")
+    if shipped.provenance.get("preset") != cfg.preset:
+        return None, (f"base: the shipped base is a {shipped.provenance.get('preset')!r} model and this run asks for "
+                      f"preset {cfg.preset!r}; training it from scratch ({cfg.base_steps} steps)")
+    return shipped, shipped.summary() + f" ({shipped.path}); the base_* settings do not apply"
+
+
+def host_probe(tokenizer_dir: str, work: Path, seconds: float, seed: int = 0) -> dict:
+    """The plain single-process training loop's tokens/s on this host (``medlm.trainer.train_local``,
+    the ``small`` preset, two 1,024-token packed rows of toy mask examples per step, all cores), the
+    figure the time goal is scaled by. Runs in the driver before Ray starts; ~``seconds`` + 3 s."""
+    import pyarrow.compute as pc
+    import torch
+
+    from medlm.checkpoint import new_model
+    from medlm.packing import ExampleStream, Packer, collate
+    from medlm.tasks.toy import generate_problems, write_jsonl
+    from medlm.tokenizer import load_tokenizer, special_ids
+    from medlm.trainer import train_local
+    from pipeline.common.sources import OK, normalise_records, records_of_file, resolve_sources
+    from pipeline.train.batches import MaskRows
+
+    class _Enough(Exception):
+        pass
+
+    t_call = time.perf_counter()
+    rows_file = work / "host_probe_rows.jsonl"
+    if not rows_file.exists():
+        work.mkdir(parents=True, exist_ok=True)
+        write_jsonl(generate_problems(600, seed=seed, split="train"), rows_file)
+    tok = load_tokenizer(tokenizer_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        model = new_model(PROBE_PRESET, tok, seed=seed)
+        (source,) = resolve_sources([str(rows_file)])
+        table = normalise_records(records_of_file(0, source), checkpoint=tokenizer_dir, gen_len=48,
+                                  max_response_len=48, max_total_len=model.config.max_position_embeddings)
+        table = table.filter(pc.equal(table["status"], OK))
+        stream = ExampleStream("mask", special_ids(tok), gen_len=48, mix_ratio=0.0, seed=seed, rank=0,
+                               mask_rows=MaskRows(table))
+        packer = Packer(stream, PROBE_MAX_LEN, PROBE_ROWS)
+        warm, marks, tokens = 2, [], []
+
+        def next_batch(step: int):
+            marks.append(time.perf_counter())  # a step starts when it asks for its batch
+            if step > warm and marks[-1] - marks[warm] >= seconds:
+                raise _Enough
+            batch = collate(packer.next_batch()[0])
+            tokens.append(batch.n_tokens)
+            return batch
+
+        try:
+            train_local(model, next_batch, steps=1_000_000, lr=3e-4, warmup=warm, weight_decay=0.01)
+        except _Enough:
+            pass
+    finally:
+        torch.set_num_threads(threads)
+    timed = len(marks) - 1 - warm  # steps between marks[warm] and the last mark
+    return {"tokens_per_s": sum(tokens[warm:warm + timed]) / (marks[-1] - marks[warm]), "steps": timed,
+            "seconds": marks[-1] - marks[warm], "wall_s": time.perf_counter() - t_call, "preset": PROBE_PRESET,
+            "rows_per_step": PROBE_ROWS, "max_len": PROBE_MAX_LEN, "threads": os.cpu_count(),
+            "load_avg_before": os.getloadavg()}
+
+
+def time_goal(cfg: DemoConfig, probe: Optional[dict]) -> Optional[dict]:
+    """The wall-time goal for this host: ``time_goal_minutes`` at 6,000 tokens/s, scaled by the probe."""
+    if not probe or not probe.get("tokens_per_s"):
+        return None
+    return {"minutes_at_reference": cfg.time_goal_minutes, "reference_tokens_per_s": HOST_REFERENCE_TOKENS_PER_S,
+            "seconds": 60 * cfg.time_goal_minutes * HOST_REFERENCE_TOKENS_PER_S / probe["tokens_per_s"]}
+
+
+def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print, *, shipped_root: Optional[Path] = None,
+             ship_to: Optional[Path] = None, base_only: bool = False) -> dict:
+    """Run every stage (reusing finished ones) and write the results folder; returns results.json.
+
+    ``shipped_root``: where to look for the shipped base (default: the package's ``medlm/base``; tests
+    point it at a folder of their own). ``ship_to``: after a base trained here, write it there with its
+    provenance (``make base``: the package folder); ``base_only``: stop after that."""
     from medlm.evaluation import budget_table, json_dumps, paired_comparisons, plot_accuracy_vs_nfe, table_markdown
+    from medlm.shipped import ShippedBaseError, file_sha256
     from medlm.tasks.toy import generate_problems, write_jsonl
     from medlm.tokenizer import build_default_tokenizer
 
     cfg.check()
+    if (ship_to is not None or base_only) and not cfg.from_scratch:
+        raise ValueError("demo: shipping a base (ship_to, base_only) needs from_scratch=true")
+    shipped, base_line = choose_base(cfg, shipped_root)  # a damaged shipped base stops here, before Ray
     t_start = time.perf_counter()
     out = (REPO / cfg.out) if not Path(cfg.out).is_absolute() else Path(cfg.out)
     results_dir = ((REPO / cfg.results) if not Path(cfg.results).is_absolute() else Path(cfg.results)) / cfg.run_name
@@ -234,6 +378,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     results_dir.mkdir(parents=True, exist_ok=True)
     stages = Stages(out, say)
     say(f"[demo] {'quick ' if cfg.quick else ''}demo: work folder {out}, results {results_dir}")
+    say(f"[demo] {base_line}")
 
     # 1. tokenizer + data, made by our own code; the answers must fit gen_len before anything trains
     def make_data() -> dict:
@@ -252,19 +397,43 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
 
     data = stages.run("data", cfg.fingerprint("seed", "train_problems", "draft_rows", "test_problems", "gen_len"),
                       make_data)
+    if shipped is not None:  # the data's tokenizer must be the one the shipped base was trained with
+        ours, theirs = Path(data["tokenizer"]) / "tokenizer.json", shipped.provenance["files"].get("tokenizer.json")
+        if theirs and ours.is_file() and file_sha256(ours) != theirs:
+            raise ShippedBaseError(f"the shipped base's tokenizer ({shipped.path}/tokenizer.json) differs from the one "
+                                   f"this code builds ({ours}); retrain it with `make base`, or run `medlm demo "
+                                   "--from-scratch`")
+    probe = None
+    if cfg.probe_seconds > 0:
+        probe = host_probe(data["tokenizer"], out / "host_probe", cfg.probe_seconds, seed=cfg.seed)
+        goal = time_goal(cfg, probe)
+        say(f"[demo] host probe: the plain training loop runs {probe['tokens_per_s']:,.0f} tokens/s here "
+            f"(load {probe['load_avg_before'][0]:.1f}); time goal {goal['seconds'] / 60:.1f} min "
+            f"({cfg.time_goal_minutes:g} min at {HOST_REFERENCE_TOKENS_PER_S:,.0f} tokens/s)")
     # with a dashboard: Ray Train's placement-group cleaner polls the State API, which lives in it; without
     # one it logs "Failed to query Ray Train Controller actor state" every second of training
     connect_ray(log_to_driver=True, configure_logging=True, logging_level="WARNING", include_dashboard=True)
     common = ("seed", "preset", "gen_len", "num_workers", "cpus_per_worker", "zero_stage", "bucket_elements",
               "max_len", "micro_batch_rows")
+    pairs = budget_table(cfg.gen_len)
 
-    # 2. base model: masked diffusion from scratch
-    base = stages.run(
-        "train_base", stages_fp(cfg, data, *common, "base_steps", "base_lr", "base_min_lr"),
-        lambda: _train(cfg, out, run_name="base", preset=cfg.preset, tokenizer=data["tokenizer"], objective="mask",
-                       sources=[data["train"]], max_steps=cfg.base_steps, lr=cfg.base_lr, min_lr=cfg.base_min_lr),
-        work=out / "train" / "base",
-    )
+    # 2. base model: the shipped one, or masked diffusion from scratch
+    if shipped is not None:
+        base = {"export_dir": str(shipped.path), "shipped": True, "sha256": shipped.sha256,
+                "steps": shipped.provenance.get("steps"), "metrics": shipped.provenance.get("final_metrics")}
+    else:
+        base = stages.run(
+            "train_base", stages_fp(cfg, data, *common, "base_steps", "base_lr", "base_min_lr"),
+            lambda: _train(cfg, out, run_name="base", preset=cfg.preset, tokenizer=data["tokenizer"], objective="mask",
+                           sources=[data["train"]], max_steps=cfg.base_steps, lr=cfg.base_lr, min_lr=cfg.base_min_lr),
+            work=out / "train" / "base",
+        )
+    shipped_record = None
+    if ship_to is not None:
+        shipped_record = ship_base(cfg, base, data, stages, out, Path(ship_to), probe, say)
+        if base_only:
+            say(f"[demo] base written to {ship_to}; stopping (base only)")
+            return shipped_record
 
     # 3. drafts of the base model, aligned to the closest valid reference, into Parquet shards
     def make_drafts() -> dict:
@@ -273,21 +442,24 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
         summary = run_generate(GenerateConfig(
             source=data["draft_sources"], checkpoint=base["export_dir"], output=str(out / "drafts"), seed=cfg.seed,
             gen_len=cfg.gen_len, tokens_per_step=list(cfg.tokens_per_step), num_actors=cfg.eval_actors,
-            batch_size=32, force=True,
+            batch_size=32, force=True, draft_start=cfg.draft_start, commit_order=cfg.commit_order,
         ), say=say)
         return _draft_result(summary)
 
-    drafts = stages.run("drafts", stages_fp(cfg, base, "draft_rows", "gen_len", "tokens_per_step"), make_drafts,
-                        work=out / "drafts")
+    drafts = stages.run("drafts", stages_fp(cfg, base, "draft_rows", "gen_len", "tokens_per_step", "draft_start",
+                                            "commit_order"), make_drafts, work=out / "drafts")
 
     # 4. refiner: the same network on the mask + edit mixture, starting from the base model
-    refined = stages.run(
-        "train_refiner", stages_fp(cfg, drafts, *common, "refine_steps", "refine_lr", "refine_min_lr", "mix_ratio"),
-        lambda: _train(cfg, out, run_name="refiner", init_from=base["export_dir"], objective="mixture",
-                       mix_ratio=cfg.mix_ratio, sources=[data["train"]], draft_runs=[drafts["run_dir"]],
-                       max_steps=cfg.refine_steps, lr=cfg.refine_lr, min_lr=cfg.refine_min_lr),
-        work=out / "train" / "refiner",
-    )
+    refine_names = (*common, "refine_steps", "refine_lr", "refine_min_lr", "mix_ratio", "loss_weighting")
+
+    def train_refiner(seed: int, run_name: str) -> dict:
+        return _train(cfg, out, run_name=run_name, init_from=base["export_dir"], objective="mixture",
+                      mix_ratio=cfg.mix_ratio, sources=[data["train"]], draft_runs=[drafts["run_dir"]],
+                      max_steps=cfg.refine_steps, lr=cfg.refine_lr, min_lr=cfg.refine_min_lr,
+                      loss_weighting=cfg.loss_weighting, seed=seed)
+
+    refined = stages.run("train_refiner", stages_fp(cfg, drafts, *refine_names),
+                         lambda: train_refiner(cfg.seed, "refiner"), work=out / "train" / "refiner")
     first_refiner = refined
 
     # 4b. optional: the refiner drafts again (the regeneration users run with `medlm generate --from-run`)
@@ -302,69 +474,121 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
 
         drafts = stages.run("drafts_regenerated", stages_fp(cfg, refined), regenerate)
         refined = stages.run(
-            "train_refiner_regenerated", stages_fp(cfg, drafts, *common, "regenerate_steps", "refine_lr", "mix_ratio"),
+            "train_refiner_regenerated",
+            stages_fp(cfg, drafts, *common, "regenerate_steps", "refine_lr", "mix_ratio", "loss_weighting"),
             lambda: _train(cfg, out, run_name="refiner2", init_from=first_refiner["export_dir"], objective="mixture",
                            mix_ratio=cfg.mix_ratio, sources=[data["train"]], draft_runs=[drafts["run_dir"]],
-                           max_steps=cfg.regenerate_steps, lr=cfg.refine_lr / 3, min_lr=cfg.refine_min_lr),
+                           max_steps=cfg.regenerate_steps, lr=cfg.refine_lr / 3, min_lr=cfg.refine_min_lr,
+                           loss_weighting=cfg.loss_weighting),
             work=out / "train" / "refiner2",
         )
     elif cfg.regenerate_steps:  # online: the refiner drafts inside its own training loop, at the drafts' rates
         refined = stages.run(
             "train_refiner_online",
-            stages_fp(cfg, first_refiner, *common, "regenerate_steps", "refine_lr", "mix_ratio", "tokens_per_step"),
+            stages_fp(cfg, first_refiner, *common, "regenerate_steps", "refine_lr", "mix_ratio", "tokens_per_step",
+                      "draft_start", "commit_order", "loss_weighting"),
             lambda: _train(cfg, out, run_name="refiner2_online", init_from=first_refiner["export_dir"],
                            objective="online", mix_ratio=cfg.mix_ratio, sources=[data["train"]],
                            online_tokens_per_step=list(cfg.tokens_per_step), max_steps=cfg.regenerate_steps,
-                           lr=cfg.refine_lr / 3, min_lr=cfg.refine_min_lr),
+                           lr=cfg.refine_lr / 3, min_lr=cfg.refine_min_lr, online_draft_start=cfg.draft_start,
+                           online_commit_order=cfg.commit_order, loss_weighting=cfg.loss_weighting),
             work=out / "train" / "refiner2_online",
         )
 
     # 5. the step-budget table on held-out problems: the base model decodes mask-only, the refiner
     #    decodes mask + edit (and mask-only, to show what refiner training did to plain decoding)
-    pairs = budget_table(cfg.gen_len)
-
-    def evaluate() -> dict:
+    def eval_rows(model: str, checkpoint: str, budgets: list) -> list[dict]:
         from pipeline.eval import run_eval
 
+        summary = run_eval(checkpoint, "toy", budgets, n_samples=cfg.test_problems, split="test",
+                           batch_size=cfg.eval_batch_size, num_actors=cfg.eval_actors,
+                           out_dir=str(out / "eval" / model), seed=cfg.seed, gen_len=cfg.gen_len)
+        return [{**r, "model": model} for r in summary["rows"]]
+
+    def evaluate() -> dict:
         rows = []
         runs = [("base", base, [m for m, _ in pairs]), ("refiner", refined, [b for pair in pairs for b in pair])]
         if cfg.regenerate_steps:
             runs.append(("refiner_round1", first_refiner, [e for _, e in pairs]))
         for model, stage, budgets in runs:
-            summary = run_eval(stage["export_dir"], "toy", budgets, n_samples=cfg.test_problems, split="test",
-                               batch_size=cfg.eval_batch_size, num_actors=cfg.eval_actors,
-                               out_dir=str(out / "eval" / model), seed=cfg.seed, gen_len=cfg.gen_len)
-            rows += [{**r, "model": model} for r in summary["rows"]]
+            rows += eval_rows(model, stage["export_dir"], budgets)
         return {"rows": rows, "out_dir": str(out / "eval")}
 
     budget_labels = [b.label for pair in pairs for b in pair]  # a new split reruns the table
     evaluation = stages.run("evaluate", stages_fp(cfg, {"base": base, "refiner": refined, "budgets": budget_labels},
                                                   "test_problems", "gen_len"),
                             evaluate)
+    rows = list(evaluation["rows"])
+
+    # 5b. optional: the Stage-2 control, the base fine-tuned as long as the refiner on the mask objective
+    #     alone, decoded mask-only at every fraction: it separates the gain from editing from the gain
+    #     from training longer
+    control = None
+    if cfg.control:
+        control = stages.run(
+            "train_control", stages_fp(cfg, {"base": base, "data": data}, *refine_names),
+            lambda: _train(cfg, out, run_name="control", init_from=base["export_dir"], objective="mask",
+                           sources=[data["train"]], max_steps=cfg.refine_steps, lr=cfg.refine_lr,
+                           min_lr=cfg.refine_min_lr, loss_weighting=cfg.loss_weighting),
+            work=out / "train" / "control",
+        )
+        rows += stages.run("evaluate_control", stages_fp(cfg, {"control": control, "budgets": budget_labels},
+                                                         "test_problems", "gen_len"),
+                           lambda: {"rows": eval_rows("control", control["export_dir"], [m for m, _ in pairs])})["rows"]
+
+    # 5c. optional: the refiner stage again with other seeds (same base, same drafts), each evaluated
+    seed_rows = [r for r in rows if r.get("model") == "refiner"]
+    for k in range(1, cfg.seeds):
+        seed = cfg.seed + k
+        name = f"refiner_seed{seed}"
+        rerun = stages.run(f"train_{name}", stages_fp(dataclasses.replace(cfg, seed=seed), drafts, *refine_names),
+                           lambda seed=seed, name=name: train_refiner(seed, name), work=out / "train" / name)
+        seed_rows += stages.run(
+            f"evaluate_{name}", stages_fp(cfg, {name: rerun, "budgets": budget_labels}, "test_problems", "gen_len"),
+            lambda name=name, ckpt=rerun["export_dir"]: {
+                "rows": eval_rows(name, ckpt, [b for pair in pairs for b in pair])})["rows"]
+    seeds_summary = seed_spread(seed_rows, [cfg.seed + k for k in range(cfg.seeds)]) if cfg.seeds > 1 else None
 
     # 6. Serve: start the app, send one request, shut it down
     served = serve_once(refined["export_dir"], cfg, say) if cfg.serve else None
 
-    rows = evaluation["rows"]
     table = table_markdown(rows)
+    if control is not None:
+        table += control_section(rows)
+    if seeds_summary is not None:
+        table += "\n" + seeds_markdown(seeds_summary)
     plot = plot_accuracy_vs_nfe(rows, results_dir / "accuracy_vs_nfe.png",
                                 title=f"held-out toy problems, {cfg.preset} model, gen_len {cfg.gen_len}")
     for stage, res in (("base", base), ("refiner", refined)):
         if res.get("loss_plot") and Path(res["loss_plot"]).exists():
             shutil.copy(res["loss_plot"], results_dir / f"loss_{stage}.png")
+    total = time.perf_counter() - t_start
+    goal = time_goal(cfg, probe)
     results = {
         "date": time.strftime("%Y-%m-%d"),
         "commit": _git_commit(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_at_end": os.getloadavg()},
         "config": dataclasses.asdict(cfg),
+        "base": base_line if shipped is None else {"source": "shipped", "sha256": shipped.sha256,
+                                                   "path": str(shipped.path), "line": base_line},
+        "host_probe_tokens_per_s": probe["tokens_per_s"] if probe else None,
+        "host_probe": probe,
+        "time_goal_s": goal["seconds"] if goal else None,
         "rows": rows,
         "comparison": compare(rows),
         "paired_comparisons": paired_comparisons(rows, baseline_model="base"),  # every mask + edit row
+        "paired_vs_control": ([c for c in paired_comparisons(rows, baseline_model="control")
+                               if c["vs_model"] == "control"] if control is not None else None),
+        "seeds": seeds_summary,
+        "seed_rows": [r for r in seed_rows if r.get("model") != "refiner"] if cfg.seeds > 1 else None,
         "probe": {name: _last_probe(res) for name, res in (("base", base), ("refiner", refined))},
         "stages_seconds": stages.timings,
-        "total_seconds": time.perf_counter() - t_start,  # this invocation (reused stages cost ~0)
+        "stages_reused": stages.reused,
+        "total_seconds": total,  # this invocation (reused stages cost ~0)
         "stages_total_seconds": sum(stages.timings.values()),
-        "checkpoints": {"base": base["export_dir"], "refiner": refined["export_dir"]},
+        "checkpoints": {"base": base["export_dir"], "refiner": refined["export_dir"],
+                        **({"control": control["export_dir"]} if control else {})},
+        "shipped_base_written": shipped_record,
         "drafts": drafts,
         "serve": served,
     }
@@ -376,10 +600,112 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     say("")
     for line in comparison_lines(results["comparison"]):
         say(f"[demo] {line}")
-    say(f"[demo] stages took {results['stages_total_seconds'] / 60:.1f} min; this run {results['total_seconds'] / 60:.1f} "
+    say(f"[demo] stages took {results['stages_total_seconds'] / 60:.1f} min; this run {total / 60:.1f} "
         f"min. Results: {results_dir} (table.md, results.json, {Path(plot).name}); checkpoints: "
         f"{refined['export_dir']}; drafts: {drafts['run_dir']}")
+    say(f"[demo] {goal_line(goal, probe, total, results['stages_total_seconds'], stages.reused)}")
     return results
+
+
+def goal_line(goal: Optional[dict], probe: Optional[dict], total_s: float, stages_s: float, reused: list) -> str:
+    """The demo's last line: whether this run met the host-scaled time goal. A run that reused stages is
+    judged by the stages' own recorded times, and says so."""
+    if goal is None:
+        return "time goal: not judged (no host probe: probe_seconds=0)"
+    spent, what = (total_s, "this run") if not reused else (stages_s, f"its stages ({len(reused)} reused)")
+    verdict = "met" if spent <= goal["seconds"] else "missed"
+    return (f"time goal {verdict}: {what} took {spent / 60:.1f} min against {goal['seconds'] / 60:.1f} min "
+            f"({goal['minutes_at_reference']:g} min at {goal['reference_tokens_per_s']:,.0f} tokens/s; this host's "
+            f"plain loop {probe['tokens_per_s']:,.0f} tokens/s)")
+
+
+def ship_base(cfg: DemoConfig, base: dict, data: dict, stages: Stages, out: Path, dest: Path,
+              probe: Optional[dict], say: Callable[[str], None]) -> dict:
+    """Evaluate the freshly trained base mask-only at the full budget and at 1/8 and write it, with its
+    provenance, to ``dest`` (``medlm.shipped.write_shipped_base``); returns the provenance record."""
+    from medlm.checkpoint import checkpoint_hash
+    from medlm.evaluation import budget_table
+    from medlm.shipped import write_shipped_base
+    from pipeline.eval import run_eval
+
+    ends = [budget_table(cfg.gen_len)[0][0], budget_table(cfg.gen_len)[-1][0]]  # mask-only, full and 1/8
+
+    def evaluate() -> dict:
+        summary = run_eval(base["export_dir"], "toy", ends, n_samples=cfg.test_problems, split="test",
+                           batch_size=cfg.eval_batch_size, num_actors=cfg.eval_actors,
+                           out_dir=str(out / "eval" / "base_to_ship"), seed=cfg.seed, gen_len=cfg.gen_len)
+        return {"rows": summary["rows"]}
+
+    rows = stages.run("evaluate_base_to_ship", stages_fp(cfg, base, "test_problems", "gen_len"), evaluate)["rows"]
+    kept = [{k: v for k, v in r.items() if k not in ("outcomes", "edit_effects")} for r in rows]
+    provenance = {
+        "format": 1, "preset": cfg.preset, "commit": _git_commit(), "date": time.strftime("%Y-%m-%d"),
+        "command": "make base (medlm demo --from-scratch --base-only)",
+        "config": {k: getattr(cfg, k) for k in ("seed", "preset", "gen_len", "train_problems", "num_workers",
+                                                 "cpus_per_worker", "zero_stage", "max_len", "micro_batch_rows",
+                                                 "base_steps", "base_lr", "base_min_lr", "test_problems")},
+        "data_seed": cfg.seed, "steps": base.get("steps"), "wall_s": stages.timings.get("train_base"),
+        "final_metrics": base.get("metrics"), "checkpoint_hash": checkpoint_hash(base["export_dir"]),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_at_end": os.getloadavg()},
+        "host_probe_tokens_per_s": probe["tokens_per_s"] if probe else None,
+        "mask_only_rows": kept,
+    }
+    written = write_shipped_base(base["export_dir"], dest, provenance)
+    for r in kept:
+        say(f"[demo] shipped base, mask-only {r['label']}: right {100 * r['accuracy_after']:.1f}%"
+            + (f", valid {100 * r['valid_after']:.1f}%" if r.get("valid_after") is not None else "")
+            + f" (n={r['n']})")
+    say(f"[demo] base written to {dest} (sha256 {written.sha256[:16]}); commit it to ship it")
+    return written.provenance
+
+
+def seed_spread(rows: list[dict], seeds: list[int]) -> dict:
+    """Per refiner row (label), the mean, sample standard deviation, min and max over the seeds of
+    right and whole-valid (final)."""
+    import statistics
+
+    by_label: dict[str, list[dict]] = {}
+    for r in rows:
+        by_label.setdefault(r["label"], []).append(r)
+    out = []
+    for label, members in by_label.items():
+        entry = {"label": label, "kind": members[0]["kind"], "fraction": members[0].get("fraction"),
+                 "models": [m["model"] for m in members]}
+        for metric, key in (("right", "accuracy_after"), ("valid", "valid_after")):
+            values = [float(m[key]) for m in members if m.get(key) is not None]
+            if values:
+                entry[metric] = {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+                                 "min": min(values), "max": max(values), "values": values}
+        out.append(entry)
+    out.sort(key=lambda e: (-(e["fraction"] or 0), e["kind"] != "mask_only"))
+    return {"seeds": seeds, "rows": out}
+
+
+def seeds_markdown(summary: dict) -> str:
+    def cell(m: Optional[dict]) -> str:
+        return "-" if not m else f"{100 * m['mean']:.1f} ± {100 * m['sd']:.1f} ({100 * m['min']:.1f}-{100 * m['max']:.1f})"
+
+    from medlm.evaluation import fraction_label
+
+    lines = [f"Refiner over {len(summary['seeds'])} training seeds ({', '.join(map(str, summary['seeds']))}): "
+             "mean ± sample SD (min-max), % of problems", "",
+             "| budget | fraction | right | valid |", "|---|---|---|---|"]
+    for e in summary["rows"]:
+        lines.append(f"| {e['label']} | {fraction_label(e['fraction'])} | {cell(e.get('right'))} | {cell(e.get('valid'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def control_section(rows: list[dict]) -> str:
+    """Markdown: every refiner mask + edit row against the control's mask-only rows (paired)."""
+    from medlm.evaluation import comparison_table
+
+    subset = [r for r in rows if r.get("model") == "control" or (r.get("model") == "refiner"
+                                                                 and r["kind"] == "mask_edit")]
+    lines = comparison_table(subset, baseline_model="control")
+    if not lines:
+        return ""
+    return ("\nAgainst the Stage-2 control (the base fine-tuned as long as the refiner on the mask objective "
+            "alone, mask-only decoding; paired, same problems):\n\n" + "\n".join(lines) + "\n")
 
 
 def _draft_result(summary) -> dict:

@@ -33,9 +33,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from medlm.checkpoint import EDIT_EXAMPLES_SEEN, MASK_EXAMPLES_SEEN, META_FILE  # noqa: E402  (after the path)
-from medlm.evaluation import budget_table  # noqa: E402
-from medlm.stats import paired_comparison, wilson_interval  # noqa: E402
+from medlm.checkpoint import EDIT_EXAMPLES_SEEN, MASK_EXAMPLES_SEEN, META_FILE
+from medlm.evaluation import budget_table
+from medlm.stats import paired_comparison, wilson_interval
 
 ARMS = {
     "today": dict(intermediate_prob=0.25, max_intermediate_edit_steps=2, draft_start="masked",

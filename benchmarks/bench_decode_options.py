@@ -24,14 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import torch  # noqa: E402
+import torch
+from test_llada_parity import reference_generate
 
-from benchmarks.common import add_quick_flag, median, start, write_result  # noqa: E402
-from medlm.checkpoint import new_model  # noqa: E402
-from medlm.sampling import DecodeConfig, end_token_ids, mask_diffusion  # noqa: E402
-from medlm.tasks.toy import generate_problems  # noqa: E402
-from medlm.tokenizer import chat_prompt_ids, special_ids, stdlib_corpus, train_tokenizer  # noqa: E402
-from test_llada_parity import reference_generate  # noqa: E402
+from benchmarks.common import add_quick_flag, median, start, write_result
+from medlm.checkpoint import new_model
+from medlm.sampling import DecodeConfig, end_token_ids, mask_diffusion
+from medlm.tasks.toy import generate_problems
+from medlm.tokenizer import chat_prompt_ids, special_ids, stdlib_corpus, train_tokenizer
+
 
 def agreement(n_prompts: int, gen_len: int, steps: int, temperature: float) -> dict:
     tok = train_tokenizer(stdlib_corpus(max_files=10), vocab_size=384)
@@ -49,7 +50,10 @@ def agreement(n_prompts: int, gen_len: int, steps: int, temperature: float) -> d
     refs = [reference_generate(forward, p, steps=steps, gen_length=gen_len, block_length=gen_len, mask_id=sp.mask,
                                banned=[sp.mask, sp.delete], end_ids=end_token_ids(c, sp), temperature=temperature,
                                seed=c.seed) for p, c in zip(prompts, configs)]
-    same_tokens = lambda a, b: sum(x == y for x, y in zip(a, b)) / len(a)  # noqa: E731
+
+    def same_tokens(a, b):
+        return sum(x == y for x, y in zip(a, b)) / len(a)
+
     return {
         "prompts": len(prompts), "gen_len": gen_len, "mask_steps": steps, "temperature": temperature,
         "drafts_equal_to_reference": sum(a == b for a, b in zip(ours, refs)),

@@ -26,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rapidfuzz.distance import Levenshtein  # noqa: E402
+from rapidfuzz.distance import Levenshtein
 
-from benchmarks.common import add_quick_flag, median, start, write_result  # noqa: E402
-from medlm.edits import edit_labels, edit_labels_batch  # noqa: E402
+from benchmarks.common import add_quick_flag, median, start, write_result
+from medlm.edits import edit_labels, edit_labels_batch
 
 GOAL = 1.3
 
@@ -80,9 +80,9 @@ def profile(pairs, rounds: int = 5) -> dict:
              "cpu_s_matching_blocks": round(blocks_s, 4), "cpu_s_edit_labels": round(labels_s, 4),
              "cpu_s_python_postprocessing": round(post, 4),
              "postprocessing_share_of_labels": round(post / labels_s, 3), "labels_over_editops": round(labels_s / editops_s, 3)}
-    print("profile (best of %d, CPU s): editops %.4f, matching blocks %.4f, python post-processing %.4f "
-          "(%.0f%% of edit_labels %.4f; labels/editops %.2f)" % (
-              rounds, editops_s, blocks_s, post, 100 * post / labels_s, labels_s, labels_s / editops_s))
+    print(f"profile (best of {rounds}, CPU s): editops {editops_s:.4f}, matching blocks {blocks_s:.4f}, "
+          f"python post-processing {post:.4f} ({100 * post / labels_s:.0f}% of edit_labels {labels_s:.4f}; "
+          f"labels/editops {labels_s / editops_s:.2f})")
     print(listing.getvalue().strip())
     return split
 

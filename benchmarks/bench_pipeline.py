@@ -47,25 +47,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 os.environ.setdefault("CI", "1")  # no progress bars in benchmark output
 
-import psutil  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from benchmarks.common import add_quick_flag, median, start, write_result  # noqa: E402
-from medlm.checkpoint import load_checkpoint, new_model, save_checkpoint  # noqa: E402
-from medlm.tasks.toy import generate_problems, write_jsonl  # noqa: E402
-from medlm.tokenizer import build_default_tokenizer, special_ids  # noqa: E402
-from pipeline.drafts.align import align_table  # noqa: E402
-from pipeline.drafts.stages import draft_table  # noqa: E402
-from pipeline.drafts import GenerateConfig, plan_run, run_generate  # noqa: E402
-from pipeline.drafts.shards import DRAFT_SCHEMA, MANIFEST, content_hash  # noqa: E402
-from pipeline.common.sources import (  # noqa: E402
+from benchmarks.common import add_quick_flag, median, start, write_result
+from medlm.checkpoint import load_checkpoint, new_model, save_checkpoint
+from medlm.tasks.toy import generate_problems, write_jsonl
+from medlm.tokenizer import build_default_tokenizer, special_ids
+from pipeline.common.sources import (
     duplicate_rows,
     first_occurrences,
     normalise_records,
     records_of_file,
     select_rows,
 )
+from pipeline.drafts import GenerateConfig, plan_run, run_generate
+from pipeline.drafts.align import align_table
+from pipeline.drafts.shards import DRAFT_SCHEMA, MANIFEST, content_hash
+from pipeline.drafts.stages import draft_table
 
 
 class TreeSampler:

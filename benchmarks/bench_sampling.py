@@ -18,12 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from benchmarks.common import add_quick_flag, median, start, write_result  # noqa: E402
-from medlm.checkpoint import new_model  # noqa: E402
-from medlm.sampling import DecodeConfig, EditState, edit_step  # noqa: E402
-from medlm.tokenizer import special_ids, stdlib_corpus, train_tokenizer  # noqa: E402
+from benchmarks.common import add_quick_flag, median, start, write_result
+from medlm.checkpoint import new_model
+from medlm.sampling import DecodeConfig, EditState, edit_step
+from medlm.tokenizer import special_ids, stdlib_corpus, train_tokenizer
 
 
 class TimedModel(torch.nn.Module):

@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import add_quick_flag, median, start, write_result  # noqa: E402
-from medlm.tasks.humaneval import build_program, load_humaneval  # noqa: E402
-from medlm.tasks.sandbox import available_boundaries, pick_boundary, run_sandboxed  # noqa: E402
+from benchmarks.common import add_quick_flag, median, start, write_result
+from medlm.tasks.humaneval import build_program, load_humaneval
+from medlm.tasks.sandbox import available_boundaries, pick_boundary, run_sandboxed
 
 GOAL_MS = 50.0
 

@@ -62,7 +62,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import add_quick_flag, start, write_result  # noqa: E402
+from benchmarks.common import add_quick_flag, start, write_result
 
 MODES = ("ddp", "zero1", "zero2", "zero3")
 RAY_CONFIGS = {"ray_2x1": {"num_workers": 2, "cpus_per_worker": 1, "zero_stage": 2},
@@ -122,10 +122,9 @@ def run_plain(ckpt: Path, rows_file: Path, args) -> dict:
     import torch
 
     from medlm.checkpoint import load_checkpoint
-    from medlm.packing import collate
+    from medlm.packing import ExampleStream, Packer, collate
     from medlm.tokenizer import special_ids
     from medlm.trainer import train_local
-    from medlm.packing import ExampleStream, Packer
 
     t_call = time.perf_counter()
     torch.set_num_threads(os.cpu_count())
@@ -153,8 +152,8 @@ def run_plain(ckpt: Path, rows_file: Path, args) -> dict:
 
 def run_ray(name: str, run_name: str, ckpt: Path, rows_file: Path, work: Path, overrides: dict, args) -> dict:
     from pipeline.train.config import TrainConfig
-    from pipeline.train.metrics import read_metrics
     from pipeline.train.driver import run_training
+    from pipeline.train.metrics import read_metrics
 
     w = args.warmup_steps
     cfg = TrainConfig(
@@ -242,8 +241,9 @@ def free_port() -> int:
 
 
 def make_model(seed: int, preset: str):
-    from medlm.modeling import MedlmConfig, MedlmForEditing
     import torch
+
+    from medlm.modeling import MedlmConfig, MedlmForEditing
 
     cfg = MedlmConfig.preset(preset, vocab_size=1024, mask_token_id=0, del_token_id=1, pad_token_id=2, eos_token_id=4)
     torch.manual_seed(seed)
@@ -312,6 +312,7 @@ def tensor_census(model, optimizer_state_owner, baseline: dict[int, int]) -> dic
 def build(mode: str, world: int, lr: float, preset: str, baseline: dict[int, int]):
     """(step_fn(batch, measure) -> census|None, teardown) for one set-up, on a fresh model."""
     import torch
+
     from medlm.losses import mixture_loss
 
     model = make_model(seed=0, preset=preset)
@@ -333,8 +334,9 @@ def build(mode: str, world: int, lr: float, preset: str, baseline: dict[int, int
         return step, lambda: None
 
     import deepspeed
-    from pipeline.train.ds_config import deepspeed_config
+
     from pipeline.train.config import TrainConfig
+    from pipeline.train.ds_config import deepspeed_config
 
     stage = int(mode[-1])
     zero = {"reduce_bucket_size": CENSUS_BUCKET, "allgather_bucket_size": CENSUS_BUCKET}
@@ -427,7 +429,8 @@ def state_part(args) -> dict:
         one, two = mib["zero3@1"], mib["zero3@2"]
         ratios["zero3_state_2_ranks_over_1_rank"] = two["state_mib_per_rank"] / one["state_mib_per_rank"]
         ratios["zero3_params_plus_optimizer_2_ranks_over_1_rank"] = (
-            (two["param_mib_per_rank"] + two["optimizer_mib_per_rank"]) / (one["param_mib_per_rank"] + one["optimizer_mib_per_rank"]))
+            (two["param_mib_per_rank"] + two["optimizer_mib_per_rank"])
+            / (one["param_mib_per_rank"] + one["optimizer_mib_per_rank"]))
         goals[f"zero3_state_per_rank_2_ranks_at_most_{GOAL_STATE_RATIO}x_1_rank"] = (
             ratios["zero3_state_2_ranks_over_1_rank"] <= GOAL_STATE_RATIO)
     return {"settings": {"preset": args.census_preset, "vocab_size": 1024, "tokens_per_rank_per_step": args.census_max_len,

@@ -128,7 +128,7 @@ def train_steps(model, rows, device, bf16: bool, steps: int, row_tokens: int) ->
         "tokens_per_step": tokens[0],
         "first_loss": losses[0],
         "last_loss": losses[-1],
-        "loss_finite": all(l == l and abs(l) != float("inf") for l in losses),
+        "loss_finite": all(loss == loss and abs(loss) != float("inf") for loss in losses),
         "step_time_s_first": times[0],
         "step_time_s_mean_after_warmup": t_warm / max(1, len(times[warm])),
         "train_tokens_per_s": sum(tokens[warm]) / t_warm if t_warm > 0 else None,
@@ -198,7 +198,8 @@ def main(argv=None) -> int:
         return NO_GPU_EXIT
     if args.cpu_dry_run:  # tiny sizes: this only checks that the script runs
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        args.train_steps, args.row_tokens, args.prompts = min(args.train_steps, 3), min(args.row_tokens, 512), min(args.prompts, 2)
+        args.train_steps, args.row_tokens = min(args.train_steps, 3), min(args.row_tokens, 512)
+        args.prompts = min(args.prompts, 2)
         args.prompt_len, args.gen_len = min(args.prompt_len, 8), min(args.gen_len, 32)
         args.mask_steps, args.edit_steps = min(args.mask_steps, 4), min(args.edit_steps, 2)
         args.baseline_mask_steps = min(args.baseline_mask_steps, 32)
@@ -272,7 +273,7 @@ def _run(args, result: dict) -> None:
     from medlm.tokenizer import SpecialIds
 
     try:
-        import flash_attn  # noqa: F401
+        import flash_attn
 
         result["flash_attn"] = getattr(flash_attn, "__version__", "installed")
     except Exception:

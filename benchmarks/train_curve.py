@@ -25,13 +25,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medlm.evaluation import Budget, evaluate_samples, summarise  # noqa: E402
-from medlm.modeling import MedlmConfig, MedlmForEditing  # noqa: E402
-from medlm.packing import collate, mask_example  # noqa: E402
-from medlm.probe import number_probe  # noqa: E402
-from medlm.tasks.toy import generate_problems  # noqa: E402
-from medlm.tokenizer import build_default_tokenizer, chat_prompt_ids, response_ids, special_ids  # noqa: E402
-from medlm.trainer import train_local  # noqa: E402
+from medlm.evaluation import Budget, evaluate_samples, summarise
+from medlm.modeling import MedlmConfig, MedlmForEditing
+from medlm.packing import collate, mask_example
+from medlm.probe import number_probe
+from medlm.tasks.toy import generate_problems
+from medlm.tokenizer import build_default_tokenizer, chat_prompt_ids, response_ids, special_ids
+from medlm.trainer import train_local
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -136,7 +136,8 @@ def known_keys(cls: type, dotted: str = "") -> list[str]:
 
     for part in dotted.split(".")[:-1]:
         hint = typing.get_type_hints(cls).get(part) if isinstance(cls, type) else None
-        if hint is None or not (dataclasses.is_dataclass(hint) or isinstance(hint, type) and issubclass(hint, pydantic.BaseModel)):
+        is_model = isinstance(hint, type) and issubclass(hint, pydantic.BaseModel)
+        if hint is None or not (dataclasses.is_dataclass(hint) or is_model):
             return []
         cls = hint
     if dataclasses.is_dataclass(cls):
@@ -162,7 +163,7 @@ def _make_strict(cls: type) -> None:
                 _make_strict(inner)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _adapter(cls: type) -> pydantic.TypeAdapter:
     _make_strict(cls)  # a pydantic model carries its own config
     return pydantic.TypeAdapter(cls)

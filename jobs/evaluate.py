@@ -24,7 +24,6 @@ from pydantic import Field
 
 from jobs.config import ConfigError, config_to_dict, load_config
 
-
 Positive = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]
 

@@ -115,7 +115,9 @@ def parse_json_line(line: str | bytes) -> dict:
         raise RowError("malformed_json", f"{e.msg} at column {e.colno}") from None
 
 
-def encode_example(tokenizer, ex: Example, max_response_len: int, max_total_len: int | None = None) -> tuple[list[int], list[int]]:
+def encode_example(
+    tokenizer, ex: Example, max_response_len: int, max_total_len: int | None = None
+) -> tuple[list[int], list[int]]:
     """Token ids of the prompt and of the reference response (ending in ``<|im_end|>``)."""
     if ex.messages is None:
         prompt = [special_ids(tokenizer).eos]

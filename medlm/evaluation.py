@@ -69,7 +69,7 @@ class Budget:
 
     @classmethod
     def of(cls, mask_steps: int, edit_steps: int = 0, gen_len: Optional[int] = None,
-           fraction: Optional[float] = None) -> "Budget":
+           fraction: Optional[float] = None) -> Budget:
         """A budget with the standard label: ``mask48`` or ``mask36_edit12``."""
         label = f"mask{mask_steps}" + (f"_edit{edit_steps}" if edit_steps else "")
         return cls(mask_steps, edit_steps, label, gen_len, fraction)

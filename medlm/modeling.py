@@ -105,7 +105,7 @@ class MedlmConfig(PretrainedConfig):
             )
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "MedlmConfig":
+    def preset(cls, name: str, **overrides) -> MedlmConfig:
         """A named configuration (``tiny``, ``small``, ``llada-8b``) with optional overrides."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
@@ -176,7 +176,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
 
-    def forward(self, x: torch.Tensor, cos, sin, attn: "PackedAttention") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos, sin, attn: PackedAttention) -> torch.Tensor:
         T = x.shape[0]
         q = apply_rope(self.q_proj(x).view(T, self.n_heads, self.head_dim), cos, sin)
         k = apply_rope(self.k_proj(x).view(T, self.n_kv, self.head_dim), cos, sin)

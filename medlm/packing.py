@@ -50,7 +50,7 @@ class PackedBatch:
     def n_tokens(self) -> int:
         return int(self.input_ids.numel())
 
-    def to(self, device) -> "PackedBatch":
+    def to(self, device) -> PackedBatch:
         return PackedBatch(
             self.input_ids.to(device), self.cu_seqlens.to(device), self.token_labels.to(device),
             self.insert_labels.to(device), self.token_weights.to(device), self.is_edit.to(device),
@@ -262,7 +262,8 @@ class Packer:
     Each row starts with the oldest example waiting and is filled from a look-ahead buffer of about
     ``lookahead`` micro-batches with the subset of waiting examples that leaves the least room unused
     (an exact subset-sum over the buffer, done with bitsets, preferring older examples). Why not
-    first-fit decreasing over the buffer and the fullest rows: that hands out the longest examples first, so in a mixture the shorter edit examples would wait and
+    first-fit decreasing over the buffer and the fullest rows: that hands out the longest examples first,
+    so in a mixture the shorter edit examples would wait and
     batches would be sorted by length (all mask, then all edit). Oldest-first keeps the stream's order
     and mix; the subset-sum keeps rows full even when lengths take only a few values.
     """

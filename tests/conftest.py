@@ -15,7 +15,7 @@ _SHARED_GSM8K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "d
 if os.path.isdir(_SHARED_GSM8K):
     os.environ.setdefault("MEDLM_GSM8K_DIR", os.path.abspath(_SHARED_GSM8K))
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)
 

@@ -45,9 +45,9 @@ def moto_server(log_dir: Path) -> Iterator[str]:
             try:
                 urllib.request.urlopen(endpoint + "/moto-api/", timeout=2)
                 break
-            except OSError:
+            except OSError as e:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start; see {log_dir / 'moto.log'}")
+                    raise RuntimeError(f"moto_server did not start; see {log_dir / 'moto.log'}") from e
                 time.sleep(0.2)
         yield endpoint
     finally:

@@ -10,14 +10,17 @@ from safetensors.torch import save_file
 
 from medlm.checkpoint import load_checkpoint
 from medlm.convert import convert_llada
-from medlm.tokenizer import special_ids, stdlib_corpus, train_tokenizer
+from medlm.tokenizer import special_ids, stdlib_corpus
 
 D, H, KV, L, FF = 32, 4, 2, 2, 64
 
 
 def write_tiny_llada(path, vocab):
     g = torch.Generator().manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=g) * 0.2
+
+    def r(*s):
+        return torch.randn(*s, generator=g) * 0.2
+
     hd = D // H
     sd = {"model.transformer.wte.weight": r(vocab, D), "model.transformer.ln_f.weight": 1 + r(D),
           "model.transformer.ff_out.weight": r(vocab, D)}
@@ -67,10 +70,9 @@ def llada_reference_forward(sd, ids):
 
 @pytest.fixture()
 def llada_dir(tmp_path):
-    tok = train_tokenizer(stdlib_corpus(max_files=5), vocab_size=400)
     # an LLaDA-like tokenizer: its own mask token, none of medlm's edit specials
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -112,8 +114,8 @@ def llada8b_layout_dir(tmp_path):
     """The real LLaDA-8B-Instruct layout in miniature: pad = eos = ``<|endoftext|>``, ``<|eot_id|>`` ends a
     turn, ``<|mdm_mask|>`` is a token but not the tokenizer's mask token, and the checkpoint has more
     embedding rows than the tokenizer has entries."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()

@@ -8,11 +8,19 @@ import torch
 from transformers import AutoTokenizer
 
 from medlm.checkpoint import checkpoint_hash, load_checkpoint, new_model, save_checkpoint
-from medlm.modeling import MedlmConfig, MedlmForEditing, count_parameters
-from medlm.packing import Packer, collate, edit_example, mask_example, padding_waste
 from medlm.losses import mixture_loss
+from medlm.modeling import MedlmConfig, count_parameters
+from medlm.packing import Packer, collate, edit_example, mask_example, padding_waste
 from medlm.sampling import DecodeConfig, edit_refine, generate, mask_diffusion
-from medlm.tokenizer import SPECIAL_TOKENS, chat_prompt_ids, decode_response, response_ids, special_ids, stdlib_corpus, train_tokenizer
+from medlm.tokenizer import (
+    SPECIAL_TOKENS,
+    chat_prompt_ids,
+    decode_response,
+    response_ids,
+    special_ids,
+    stdlib_corpus,
+    train_tokenizer,
+)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +164,8 @@ def test_edit_refinement_stops_when_nothing_changes_and_respects_caps(model, tok
     sp = special_ids(tok)
     prompt = [sp.im_start, 10]
     # an untrained model proposes edits; a cap of one edit per step bounds the change per step
-    s, = edit_refine(model, [prompt], [[20, 21, 22, 23]], [DecodeConfig(gen_len=6, mask_steps=1, edit_steps=5, max_edits_per_step=1)], sp)
+    cfg = DecodeConfig(gen_len=6, mask_steps=1, edit_steps=5, max_edits_per_step=1)
+    s, = edit_refine(model, [prompt], [[20, 21, 22, 23]], [cfg], sp)
     prev = [20, 21, 22, 23]
     for h in s.history:
         from rapidfuzz.distance import Levenshtein

@@ -14,8 +14,15 @@ from medlm.evaluation import Budget, evaluate_samples, load_eval_model, load_sam
 from medlm.sampling import DecodeConfig, DecodeResult
 from medlm.tokenizer import chat_prompt_ids, special_ids
 from pipeline.eval.run import EvalActor
-from pipeline.serve.api import (ApiError, ChatCompletionRequest, Limits, RefineRequest, ServeArgs, decode_config,
-                                describe_validation_errors)
+from pipeline.serve.api import (
+    ApiError,
+    ChatCompletionRequest,
+    Limits,
+    RefineRequest,
+    ServeArgs,
+    decode_config,
+    describe_validation_errors,
+)
 from pipeline.serve.replies import Outcome
 
 OPTIONS = {"temperature": 0.7, "remasking": "random", "cfg_scale": 1.0, "logits_eos_inf": False,

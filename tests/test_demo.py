@@ -339,3 +339,27 @@ def test_the_host_probe_measures_the_plain_training_loop(tmp_path):
     probe = host_probe(str(tok_dir), tmp_path / "probe", seconds=0.5)
     assert probe["tokens_per_s"] > 100 and probe["steps"] >= 1 and probe["seconds"] >= 0.5
     assert (probe["preset"], probe["max_len"], probe["rows_per_step"]) == ("small", 1024, 2)
+
+
+def shipped_base_decodes(root=None, n: int = 8) -> tuple[int, int]:
+    """(right, n): the shipped base decoding the first ``n`` held-out toy problems mask-only at the full budget."""
+    from medlm.evaluation import evaluate_samples, load_eval_model, load_samples
+    from medlm.shipped import find_shipped_base
+
+    shipped = find_shipped_base(root)
+    gen_len = int(shipped.provenance.get("config", {}).get("gen_len", 48))
+    model, tok = load_eval_model(shipped.path, device="cpu")
+    full = budget_table(gen_len)[0][0]
+    records = evaluate_samples(model, tok, load_samples("toy", n, split="test"), full, "toy", batch_size=n,
+                               gen_len=gen_len)
+    return sum(bool(r["correct_after"]) for r in records), n
+
+
+def test_the_shipped_base_decodes_held_out_problems_right_at_the_full_budget():
+    """A regression guard for the shipped file, not a quality measurement (that is PROVENANCE.json's rows)."""
+    from medlm.shipped import find_shipped_base, package_base_dir
+
+    if find_shipped_base() is None:
+        pytest.skip(f"no base is shipped yet ({package_base_dir()} has no PROVENANCE.json; `make base` ships one)")
+    right, n = shipped_base_decodes()
+    assert right >= n - 1, f"the shipped base got {right} of {n} held-out problems right at the full budget"

@@ -13,10 +13,10 @@ import shutil
 import pytest
 import ray
 from safetensors.torch import load_file, save_file
+from trained_heads import train_edit_head
 
 from jobs import evaluate as eval_job
 from jobs.init_model import cli as init_cli
-from trained_heads import train_edit_head
 from medlm.evaluation import (
     EDIT_KINDS,
     Budget,

@@ -105,7 +105,8 @@ def test_attention_is_the_configs_implementation(tok, tmp_path, monkeypatch):
     import medlm.modeling as modeling
 
     for impl, kernel in (("sdpa", "_sdpa"), ("eager", "_eager")):
-        monkeypatch.setattr(modeling, kernel, lambda q, k, v, f=getattr(modeling, kernel), n=impl: calls.append(n) or f(q, k, v))
+        real = getattr(modeling, kernel)
+        monkeypatch.setattr(modeling, kernel, lambda q, k, v, f=real, n=impl: calls.append(n) or f(q, k, v))
         loaded = MedlmForEditing.from_pretrained(str(tmp_path), attn_implementation=impl).eval()
         assert loaded.config._attn_implementation == impl
         out = loaded(ids, cu_seqlens=cu)

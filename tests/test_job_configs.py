@@ -96,8 +96,9 @@ def test_numbers_given_for_string_keys_stay_strings():
 
 
 def test_job_yaml_files_hold_only_what_differs_from_the_defaults():
-    import yaml
     from pathlib import Path
+
+    import yaml
 
     from jobs.evaluate import EvalConfig
     from jobs.serve import ServeJobConfig

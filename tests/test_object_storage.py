@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from s3_server import S3_ENV, create_bucket, list_keys, local_files_named, moto_server
 
 from jobs import generate as generate_job
 from jobs import init_model, inspect_run
@@ -25,7 +26,6 @@ from pipeline.common.storage import StorageError, location
 from pipeline.drafts.job import CRASH_HOOK_ENV
 from pipeline.drafts.plan import GenerateConfig, GenerateError, plan_run
 from pipeline.drafts.shards import RunNotReady, current_run, open_run
-from s3_server import S3_ENV, create_bucket, list_keys, local_files_named, moto_server
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 

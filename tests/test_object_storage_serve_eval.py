@@ -19,6 +19,7 @@ import httpx
 import pytest
 import ray
 from ray import serve
+from s3_server import S3_ENV, create_bucket, list_keys, local_files_named, moto_server
 
 from jobs import evaluate as eval_job
 from jobs import init_model
@@ -29,7 +30,6 @@ from pipeline.common.storage import location
 from pipeline.eval import run_eval
 from pipeline.serve import run_local
 from pipeline.serve.app import free_port
-from s3_server import S3_ENV, create_bucket, list_keys, local_files_named, moto_server
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 

@@ -16,17 +16,17 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from trained_heads import train_edit_head
 
 from jobs import generate as generate_job
 from jobs import init_model, inspect_run
-from trained_heads import train_edit_head
 from medlm.checkpoint import checkpoint_hash
 from medlm.edits import apply_edits, count_edits, edit_distance, edit_labels
 from medlm.tasks.toy import generate_problems, write_jsonl
 from medlm.tokenizer import load_tokenizer, response_ids, special_ids, tokenizer_hash
+from pipeline.common.io import file_sha256
 from pipeline.drafts.job import CRASH_HOOK_ENV
 from pipeline.drafts.recipe import DraftRecipe, row_recipe
-from pipeline.common.io import file_sha256
 from pipeline.drafts.shards import (
     DRAFT_SCHEMA,
     SCHEMA_VERSION,

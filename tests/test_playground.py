@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from test_serve import checkpoint, url  # noqa: F401  (module-scoped: a tiny checkpoint, a live Serve app)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -26,11 +25,11 @@ if MISSING:
     print(f"\ntests/test_playground.py skipped: {reason}")
     pytest.skip(reason, allow_module_level=True)
 
-from selenium import webdriver  # noqa: E402  (a dev dependency: pip install -e '.[dev]')
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 EDIT_KINDS = ("replace", "delete", "insert")
 REQUEST = {"prompt": "Count to five.", "max_new_tokens": 24, "mask_steps": 6, "edit_steps": 4, "seed": 3}

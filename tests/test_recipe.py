@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import random
 
+import pyarrow as pa
 import pytest
 
-from medlm.checkpoint import (EDIT_EXAMPLES_SEEN, UNTRAINED_HEADS, check_insert_head_trained, new_model, read_meta,
-                              save_checkpoint)
+from medlm.checkpoint import (
+    EDIT_EXAMPLES_SEEN,
+    UNTRAINED_HEADS,
+    check_insert_head_trained,
+    new_model,
+    read_meta,
+    save_checkpoint,
+)
 from medlm.evaluation import Budget
 from medlm.packing import DRAFT_REQUEST, ExampleStream, edit_example, edit_scale, mask_example
 from medlm.sampling import DecodeConfig, mask_diffusion
@@ -18,8 +25,6 @@ from pipeline.eval.run import run_eval
 from pipeline.train.batches import MaskRows
 from pipeline.train.config import TrainConfig
 from pipeline.train.online_drafts import curriculum_edit_steps, resolve_drafts
-
-import pyarrow as pa
 
 
 @pytest.fixture(scope="module")

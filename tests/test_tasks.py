@@ -22,7 +22,6 @@ from medlm.tasks.toy import (
     corpus_text,
     generate_problems,
     is_valid_solution,
-    skeleton,
     vocabulary,
     write_jsonl,
 )
@@ -117,7 +116,10 @@ def test_whitespace_does_not_matter_but_words_do(train):
 
 def test_mixing_two_valid_variants_is_invalid(train):
     """"3 + 7 = 10" and "7 + 3 = 10" mixed token by token give "7 + 7 = 10": invalid."""
-    numbers = lambda q: re.findall(r"\d+", q.question)  # noqa: E731
+
+    def numbers(q):
+        return re.findall(r"\d+", q.question)
+
     p = next(q for q in train if len(set(numbers(q))) == len(numbers(q)))  # all operands distinct
     for answer in p.answers:
         a, op, b, c = STEP.search(answer).groups()

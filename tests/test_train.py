@@ -20,27 +20,27 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
 
-from jobs.config import ConfigError, load_config  # noqa: E402
-from medlm.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from medlm.modeling import MedlmForEditing  # noqa: E402
-from medlm.edits import count_edits, edit_distance, edit_labels  # noqa: E402
-from medlm.losses import mixture_loss  # noqa: E402
-from medlm.packing import collate, mask_example  # noqa: E402
-from medlm.sampling import DecodeConfig, generate  # noqa: E402
-from medlm.tasks.toy import generate_problems, write_jsonl  # noqa: E402
-from medlm.tokenizer import chat_prompt_ids, decode_response, load_tokenizer, response_ids, special_ids  # noqa: E402
-from pipeline.common.io import write_json_atomic  # noqa: E402
-from pipeline.drafts import shards  # noqa: E402
-from pipeline.train.config import TrainConfig  # noqa: E402
-from pipeline.train.data import DataError  # noqa: E402
-from pipeline.train.worker import FAIL_MARKER  # noqa: E402
-from pipeline.train.metrics import read_metrics  # noqa: E402
-from pipeline.train.driver import run_training  # noqa: E402
+from jobs.config import ConfigError, load_config
+from medlm.checkpoint import load_checkpoint, save_checkpoint
+from medlm.edits import count_edits, edit_distance, edit_labels
+from medlm.losses import mixture_loss
+from medlm.modeling import MedlmForEditing
+from medlm.packing import collate, mask_example
+from medlm.sampling import DecodeConfig, generate
+from medlm.tasks.toy import generate_problems, write_jsonl
+from medlm.tokenizer import chat_prompt_ids, decode_response, load_tokenizer, response_ids, special_ids
+from pipeline.common.io import write_json_atomic
+from pipeline.drafts import shards
+from pipeline.train.config import TrainConfig
+from pipeline.train.data import DataError
+from pipeline.train.driver import run_training
+from pipeline.train.metrics import read_metrics
+from pipeline.train.worker import FAIL_MARKER
 
 GEN_LEN = 48  # toy responses are 31-46 tokens with the default tokenizer
 MAX_LEN = 280  # three mask examples of prompt (40-45) + GEN_LEN fill a packed row

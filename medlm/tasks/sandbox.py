@@ -500,13 +500,12 @@ class _Guard:
 
     def install(self) -> None:
         import _io
+        import _posixsubprocess
         import builtins
         import io
         import posix
         import shutil
         import subprocess as sp
-
-        import _posixsubprocess
 
         for module in (os, posix):  # os re-exports posix: patch both names of each function
             prefix = module.__name__
@@ -576,7 +575,10 @@ def _apply_limits(limits: dict) -> None:
 
     def set_limit(res: int, value: int, slack: int = 0) -> None:
         _, hard = resource.getrlimit(res)
-        cap = lambda v: v if hard == resource.RLIM_INFINITY else min(v, hard)  # noqa: E731
+
+        def cap(v: int) -> int:
+            return v if hard == resource.RLIM_INFINITY else min(v, hard)
+
         resource.setrlimit(res, (cap(value), cap(value + slack)))
 
     mb = 1024 * 1024
@@ -637,7 +639,7 @@ def _child_main(root: str, limits_json: str) -> None:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except BaseException:  # noqa: BLE001
+            except BaseException:  # noqa: BLE001 - a stream that cannot flush must not change the result
                 pass
     except MemoryError:
         exit_now(_EXIT_MEMORY)

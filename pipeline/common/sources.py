@@ -116,7 +116,7 @@ def resolve_sources(source: str | Path | Iterable[str | Path]) -> list[SourceFil
             digest = loc.sha256()
             if fmt == "parquet":
                 with loc.open_input() as f:
-                    pq.ParquetFile(f).metadata  # a corrupt footer fails here, not in a worker
+                    _ = pq.ParquetFile(f).metadata  # a corrupt footer fails here, not in a worker
         except (OSError, pa.ArrowException) as e:
             raise SourceError(f"source file {loc} cannot be read: {e}") from None
         out.append(SourceFile(path=loc.uri, format=fmt, bytes=loc.size(), sha256=digest))
@@ -276,7 +276,9 @@ def first_occurrences(rows: Iterable[tuple[str, int, int]]) -> dict[str, tuple[i
     return first
 
 
-def duplicate_rows(first: dict[str, tuple[int, int]], rows: Iterable[tuple[str, int, int]]) -> dict[tuple[int, int], tuple[int, int]]:
+def duplicate_rows(
+    first: dict[str, tuple[int, int]], rows: Iterable[tuple[str, int, int]]
+) -> dict[tuple[int, int], tuple[int, int]]:
     """(source_index, record_no) of every later copy -> where its id was first seen."""
     return {
         (si, rn): first[rid] for rid, si, rn in rows if first[rid] != (si, rn)

@@ -92,7 +92,7 @@ class Location:
     def __str__(self) -> str:
         return self.uri
 
-    def __truediv__(self, name: str) -> "Location":
+    def __truediv__(self, name: str) -> Location:
         return Location(self.fs, f"{self.path.rstrip('/')}/{name}", self.scheme)
 
     @property
@@ -100,7 +100,7 @@ class Location:
         return self.path.rstrip("/").rsplit("/", 1)[-1]
 
     @property
-    def parent(self) -> "Location":
+    def parent(self) -> Location:
         return Location(self.fs, self.path.rstrip("/").rsplit("/", 1)[0] or "/", self.scheme)
 
     @property
@@ -129,7 +129,7 @@ class Location:
     def size(self) -> int:
         return int(self._info().size)
 
-    def list(self, *, recursive: bool = False) -> list["Location"]:
+    def list(self, *, recursive: bool = False) -> list[Location]:
         """Files directly under this directory (all below it with ``recursive``), sorted by path."""
         if not self.is_dir():
             return []
@@ -137,7 +137,7 @@ class Location:
         return [Location(self.fs, i.path, self.scheme) for i in sorted(infos, key=lambda i: i.path)
                 if i.type == pafs.FileType.File]
 
-    def subdirs(self) -> list["Location"]:
+    def subdirs(self) -> list[Location]:
         if not self.is_dir():
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False, allow_not_found=True))
@@ -228,7 +228,7 @@ class Location:
                 with open(p, "rb") as src, self.fs.open_output_stream(target.path) as dst:
                     shutil.copyfileobj(src, dst, _CHUNK)
 
-    def download_dir(self, local_dir: str | Path, files: Optional[list["Location"]] = None) -> Path:
+    def download_dir(self, local_dir: str | Path, files: Optional[list[Location]] = None) -> Path:
         """Copy every file below this directory (or only ``files``, which lie below it) into ``local_dir``."""
         local_dir = Path(local_dir)
         base = self.path.rstrip("/") + "/"

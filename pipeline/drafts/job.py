@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 import os
 import platform
 import subprocess
@@ -29,8 +30,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
-
-import json
 
 from pipeline.common.sources import SourceFile
 from pipeline.common.storage import Location
@@ -161,9 +160,9 @@ def draft_align_write(plan: RunPlan, normalised, duplicates: dict, staging: Loca
     from ray.data import ActorPoolStrategy, SaveMode, TaskPoolStrategy
     from ray.data.datasource import FilenameProvider
 
+    from pipeline.common.sources import select_rows
     from pipeline.drafts.align import align_table
     from pipeline.drafts.stages import DraftActor
-    from pipeline.common.sources import select_rows
 
     class PartFilenames(FilenameProvider):
         def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:

@@ -22,7 +22,6 @@ from pipeline.common.storage import Location, StorageError, check_writable, loca
 from pipeline.drafts.recipe import DraftRecipe
 from pipeline.drafts.shards import SCHEMA_VERSION, RunLayout, open_run
 
-
 CONTENT_FIELDS = (  # config fields that decide the rows; the rest (actors, batch sizes...) do not
     "seed", "gen_len", "tokens_per_step", "intermediate_prob", "max_intermediate_edit_steps",
     "temperature", "max_response_len", "draft_start", "commit_order", "confidence_eos_eot_inf",
@@ -184,7 +183,8 @@ def plan_run(cfg: GenerateConfig) -> RunPlan:
     warnings = []
     if recipe.intermediate_prob > 0:
         try:
-            known = check_insert_head_trained(read_meta(ckpt), f"checkpoint {ckpt_uri}", f"intermediate_prob={recipe.intermediate_prob}")
+            known = check_insert_head_trained(read_meta(ckpt), f"checkpoint {ckpt_uri}",
+                                              f"intermediate_prob={recipe.intermediate_prob}")
         except ValueError as e:
             raise GenerateError(str(e)) from None
         if not known:

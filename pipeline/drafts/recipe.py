@@ -101,7 +101,7 @@ class RowRecipe:
 
 
 def row_seed(run_seed: int, row_id: str) -> int:
-    return int(hashlib.sha256(f"{run_seed}:{row_id}".encode("utf-8")).hexdigest()[:8], 16)
+    return int(hashlib.sha256(f"{run_seed}:{row_id}".encode()).hexdigest()[:8], 16)
 
 
 def row_recipe(recipe: DraftRecipe, row_id: str) -> RowRecipe:

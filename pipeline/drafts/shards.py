@@ -156,7 +156,7 @@ def content_hash(files: Iterable[str | Path | Location]) -> str:
         raise RunNotReady("the part files hold an id twice: a run keeps the first copy of every id")
     h = hashlib.sha256()
     for rid, digest in digests:
-        h.update(f"{rid}\t{digest}\n".encode("utf-8"))
+        h.update(f"{rid}\t{digest}\n".encode())
     return h.hexdigest()
 
 

@@ -31,7 +31,13 @@ import numpy as np
 import ray
 from ray.data import ActorPoolStrategy, DataContext
 
-from medlm.checkpoint import check_checkpoint_dir, check_insert_head_trained, checkpoint_hash, device_and_dtype, read_meta
+from medlm.checkpoint import (
+    check_checkpoint_dir,
+    check_insert_head_trained,
+    checkpoint_hash,
+    device_and_dtype,
+    read_meta,
+)
 from medlm.evaluation import (
     Budget,
     budget_row,

@@ -112,7 +112,7 @@ class ServeArgs(BaseModel):
     graceful_shutdown_wait_loop_s: Optional[float] = Field(None, gt=0)  # how often a draining replica looks
 
     @classmethod
-    def parse(cls, args: Any) -> "ServeArgs":
+    def parse(cls, args: Any) -> ServeArgs:
         """Validate ``args`` with a message naming the bad key (Serve shows it when a deploy fails)."""
         if isinstance(args, ServeArgs):
             return args
@@ -134,7 +134,7 @@ class Limits:
     vocab_size: Optional[int] = None  # the model's vocabulary: stop_token_ids must lie inside it
 
     @classmethod
-    def from_args(cls, args: ServeArgs, max_positions: int, vocab_size: Optional[int] = None) -> "Limits":
+    def from_args(cls, args: ServeArgs, max_positions: int, vocab_size: Optional[int] = None) -> Limits:
         return cls(args.max_prompt_tokens, args.max_new_tokens, args.max_mask_steps, args.max_edit_steps,
                    args.default_max_new_tokens, max_positions, vocab_size)
 

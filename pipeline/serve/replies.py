@@ -17,7 +17,6 @@ from medlm.sampling import DecodeConfig, DecodeResult
 from medlm.tokenizer import SpecialIds, decode_response, response_end
 from pipeline.serve.api import MASK_PLACEHOLDER
 
-
 # ---------------------------------------------------------------- stream events of /v1/refine
 
 
@@ -113,7 +112,7 @@ class Outcome:
 
     @classmethod
     def build(cls, result: DecodeResult, cfg: DecodeConfig, tokenizer, special: SpecialIds, prompt_len: int,
-              timing: dict, stops: Sequence[str] = ()) -> "Outcome":
+              timing: dict, stops: Sequence[str] = ()) -> Outcome:
         ids = result.output_ids
         ended = response_end(ids, special, cfg.stop_ids)  # <|im_end|>, eos, <|eot_id|> or a stop_token_id
         text = decode_response(tokenizer, ids, cfg.stop_ids)

@@ -93,7 +93,7 @@ class TrainConfig:
     def export_path(self) -> Location:
         return location(self.export_dir, check=False) if self.export_dir else self.run_dir() / "export"
 
-    def check(self) -> "TrainConfig":
+    def check(self) -> TrainConfig:
         """Raise ValueError naming the first setting that cannot work."""
         def need(ok: bool, msg: str) -> None:
             if not ok:
@@ -142,5 +142,6 @@ class TrainConfig:
         need(not needs_sources or has_sources, f"objective={self.objective!r} needs sources (JSONL files) or toy_problems > 0")
         need(not needs_drafts or bool(self.draft_runs), f"objective={self.objective!r} needs draft_runs (Parquet run dirs)")
         need(needs_sources or not has_sources, f"objective={self.objective!r} does not read sources; remove them or pick mixture")
-        need(needs_drafts or not self.draft_runs, f"objective={self.objective!r} does not read draft_runs; remove them or pick mixture")
+        need(needs_drafts or not self.draft_runs,
+             f"objective={self.objective!r} does not read draft_runs; remove them or pick mixture")
         return self

@@ -127,7 +127,7 @@ def check_edit_rows(batch: pa.Table) -> pa.Table:
     return batch.append_column("reason", reason)
 
 
-def read_draft_runs(runs: list) -> "ray.data.Dataset":
+def read_draft_runs(runs: list) -> ray.data.Dataset:
     if len({run.run_dir.scheme for run in runs}) > 1:
         raise DataError("draft_runs must all be local or all on object storage (Ray reads them with one filesystem)")
     files = [f.path for run in runs for f in run.files]

@@ -25,11 +25,11 @@ from medlm.tokenizer import build_default_tokenizer, load_tokenizer
 from pipeline.common.checkpoints import check_checkpoint_at
 from pipeline.common.ray_connect import connect_ray
 from pipeline.common.storage import Location, check_writable, local_copy, location, publishing_dir
-from pipeline.train.ds_config import deepspeed_config
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import prepare_data
-from pipeline.train.worker import train_loop_per_worker
+from pipeline.train.ds_config import deepspeed_config
 from pipeline.train.metrics import plot_losses, read_metrics
+from pipeline.train.worker import train_loop_per_worker
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:

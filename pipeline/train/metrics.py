@@ -15,7 +15,6 @@ from pathlib import Path
 
 from pipeline.common.storage import Location, location
 
-
 PROBES = ("probe_copy", "probe_arith", "probe_word")  # medlm.probe accuracies, when the run probes
 
 

@@ -24,11 +24,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray.train
+import ray.train.torch
 import torch
 import torch.distributed as dist
 
-import ray.train
-import ray.train.torch
 from medlm.checkpoint import EDIT_EXAMPLES_SEEN, MASK_EXAMPLES_SEEN, load_checkpoint, read_meta, save_checkpoint
 from medlm.losses import mixture_loss
 from medlm.modeling import MedlmForEditing
@@ -36,11 +36,11 @@ from medlm.packing import ExampleStream, Packer, collate
 from medlm.probe import number_probe
 from medlm.schedule import cosine_lr
 from medlm.tokenizer import special_ids
-from pipeline.train.online_drafts import curriculum_edit_steps, draft_rate, resolve_drafts
 from pipeline.common.storage import Location, local_copy, location, publishing_dir
 from pipeline.train.batches import EditRows, MaskRows, load_shard
 from pipeline.train.config import TrainConfig
 from pipeline.train.metrics import append_metrics
+from pipeline.train.online_drafts import curriculum_edit_steps, draft_rate, resolve_drafts
 
 TRAIN_STATE = "train_state.json"  # written by rank 0 into every checkpoint
 FAIL_MARKER = ".fail_at_step_done"  # the failure test hook fires only once per run folder
@@ -190,7 +190,8 @@ class Worker:
     def _open_stream(self) -> ExampleStream:
         cfg = self.cfg
         tables = {name: load_shard(ray.train.get_dataset_shard(name)) for name in sorted(self.usable_rows)}
-        counts = torch.tensor([float(tables[n].num_rows) for n in sorted(tables)], dtype=torch.float64, device=self._comm_device())
+        counts = torch.tensor([float(tables[n].num_rows) for n in sorted(tables)], dtype=torch.float64,
+                              device=self._comm_device())
         dist.all_reduce(counts)
         if self.rank == 0:
             seen = dict(zip(sorted(tables), (int(c) for c in counts.tolist())))
@@ -237,7 +238,8 @@ class Worker:
             self.engine.save_checkpoint(folder, tag=tag)
             if self.rank == 0:
                 state = {"step": self.step, "tag": tag, "world_size": self.world, "tokens_seen": self.tokens_seen,
-                         "examples_seen": self.examples_seen, "streams": streams, "objective": self.cfg.objective, "zero_stage": self.cfg.zero_stage}
+                         "examples_seen": self.examples_seen, "streams": streams, "objective": self.cfg.objective,
+                         "zero_stage": self.cfg.zero_stage}
                 (Path(folder) / TRAIN_STATE).write_text(json.dumps(state))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
                              checkpoint_dir_name=f"checkpoint_{tag}")

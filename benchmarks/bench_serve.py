@@ -1,6 +1,8 @@
-"""Does ``@serve.batch`` pay off? Closed-loop HTTP load on loopback against the same app batched and not.
+"""Does ``@serve.batch`` pay off, and what does the retrying ingress cost? Closed-loop HTTP load on loopback.
 
-Two apps run side by side on one local Ray, identical except ``max_batch_size`` (16 vs 1). For each
+Apps run side by side on one local Ray: ``batched`` and ``unbatched`` are identical except
+``max_batch_size`` (16 vs 1); ``direct`` is ``batched`` without the ingress deployment in front of
+the model replicas (``ingress: false``: one hop fewer, no retries). For each
 concurrency level C (default 1, 4, 16), C clients each send a request as soon as their previous one
 returns; after a warm-up round, a fixed number of requests is timed. Every (app, C) pair is measured
 in several interleaved repetitions and the medians are reported.
@@ -8,11 +10,16 @@ in several interleaved repetitions and the medians are reported.
 Claims checked (written to benchmarks/results/bench_serve.json), both at C=16 whatever other levels
 run (without C=16 in ``--concurrency`` they are reported as not measured):
     * at C=16, batched throughput (requests/s) is at least 3x unbatched;
-    * at steady load (C=16, batched) p99 latency is at most 2x p50.
+    * at steady load (C=16, batched) p99 latency is at most 2x p50;
+    * at C=16 the ingress hop costs at most 5%: batched throughput >= 0.95 x direct, p50 <= 1.05 x direct
+      (medians of the per-rep ratios: each rep runs both apps back to back, which cancels slow drifts of
+      the machine's load; each run also records the CPU ms per request of every deployment's replicas).
 
     python benchmarks/bench_serve.py                        # tiny random checkpoint made here; ~10 min on 2 cores
     python benchmarks/bench_serve.py --checkpoint CKPT --reps 5
     python benchmarks/bench_serve.py --quick                # smoke run, bench_serve.smoke.json
+    python benchmarks/bench_serve.py --concurrency 16 --modes batched direct --reps 5 \
+        --out benchmarks/results/bench_serve_hop.json       # only the ingress hop's cost
     python benchmarks/bench_serve.py --profile              # in-process, no Ray: bench_serve_profile.json
 
 ``--profile`` says what batching can gain before any HTTP: in one process with the replicas' torch
@@ -40,7 +47,9 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.common import add_quick_flag, start, write_result  # noqa: E402
 
-MODES = {"batched": 16, "unbatched": 1}
+MODES = {"batched": 16, "unbatched": 1, "direct": 16}  # mode -> max_batch_size
+INGRESS = {"batched": True, "unbatched": True, "direct": False}
+HOP_SLACK = 0.05  # the ingress may cost at most this share of throughput and of p50
 GOAL_C = 16  # the concurrency both goals are read at
 
 
@@ -98,10 +107,31 @@ async def closed_loop(url: str, concurrency: int, n_requests: int, budget: dict,
     }
 
 
+def replica_pids(app: str) -> dict[str, list[int]]:
+    """Deployment name -> process ids of the app's replicas (to read their CPU time)."""
+    import ray
+
+    out: dict[str, list[int]] = {}
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        if a["name"].startswith(f"SERVE_REPLICA::{app}#"):
+            actor = ray.get_actor(a["name"], namespace=a["namespace"])
+            out.setdefault(a["name"].split("#")[1], []).append(
+                ray.get(actor.__ray_call__.remote(lambda self: os.getpid())))
+    return out
+
+
+def cpu_s(pids: list[int]) -> float:
+    import psutil
+
+    return sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
+
+
 def median_of(runs: list[dict]) -> dict:
     keys = ["requests_per_s", "tokens_per_s", "positions_per_s", "p50_s", "p99_s", "mean_batch_size"]
+    cpu = {d: round(statistics.median(r["cpu_ms_per_request"][d] for r in runs), 3)
+           for d in runs[0].get("cpu_ms_per_request", {})}
     return {k: round(statistics.median(r[k] for r in runs), 4) for k in keys} | {
-        "errors": sum(r["errors"] for r in runs), "reps": len(runs)}
+        "cpu_ms_per_request": cpu, "errors": sum(r["errors"] for r in runs), "reps": len(runs)}
 
 
 def make_checkpoint(preset: str) -> Path:
@@ -203,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", type=Path, help="default: a random checkpoint of --preset made here")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--requests", type=int, default=48, help="timed requests per level (at least 10 x C)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -235,51 +266,82 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = args.checkpoint or make_checkpoint(args.preset)
     questions = prompts(64)
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)  # our own Ray, never a shared one
-    runs: dict[str, dict[int, list[dict]]] = {m: {c: [] for c in args.concurrency} for m in MODES}
+    modes = list(args.modes)
+    runs: dict[str, dict[int, list[dict]]] = {m: {c: [] for c in args.concurrency} for m in modes}
     try:
         common = {"checkpoint": str(ckpt.resolve()), "torch_threads": args.torch_threads, "num_cpus": 0.5,
                   "max_ongoing_requests": 64, "max_queued_requests": 512}
         port = free_port()
-        base = run_local({**common, "max_batch_size": MODES["batched"]}, port=port, app_name="batched",
-                         route_prefix="/batched")
-        serve.run(build_app({**common, "max_batch_size": MODES["unbatched"]}), name="unbatched",
-                  route_prefix="/unbatched")
-        urls = {"batched": base, "unbatched": base.rsplit("/", 1)[0] + "/unbatched"}
-        say(f"apps ready: {urls}; budget {budget}; concurrency {args.concurrency}; {args.reps} reps")
+        urls = {}
+        for mode in modes:
+            app_args = {**common, "max_batch_size": MODES[mode], "ingress": INGRESS[mode]}
+            if not urls:
+                urls[mode] = run_local(app_args, port=port, app_name=mode, route_prefix=f"/{mode}")
+            else:
+                serve.run(build_app(app_args), name=mode, route_prefix=f"/{mode}")
+                urls[mode] = next(iter(urls.values())).rsplit("/", 1)[0] + f"/{mode}"
+        pids = {mode: replica_pids(mode) for mode in modes}
+        say(f"apps ready: {urls}; replica processes {pids}; budget {budget}; concurrency {args.concurrency}; "
+            f"{args.reps} reps")
         for rep in range(args.reps):
             for c in args.concurrency:
                 n = args.requests if args.quick else max(args.requests, 10 * c)
-                for mode, url in urls.items():
+                order = modes if rep % 2 == 0 else modes[::-1]  # interleaved: neither mode always runs first
+                for mode, url in ((m, urls[m]) for m in order):
                     asyncio.run(closed_loop(url, c, c, budget, questions))  # warm-up round, not timed
+                    before = {d: cpu_s(ps) for d, ps in pids[mode].items()}
                     r = asyncio.run(closed_loop(url, c, n, budget, questions))
+                    # CPU ms per answered request in each deployment's replicas: the hop's cost in a unit
+                    # that other work on the machine disturbs far less than wall-clock throughput
+                    r["cpu_ms_per_request"] = {d: round(1e3 * (cpu_s(ps) - before[d]) / max(1, r["requests"]), 3)
+                                               for d, ps in pids[mode].items()}
                     runs[mode][c].append(r)
                     say(f"rep {rep + 1}/{args.reps} C={c:<2} {mode:<9}: {r['requests_per_s']:7.2f} req/s "
                         f"{r['tokens_per_s']:8.1f} tok/s p50 {r['p50_s']:.3f}s p99 {r['p99_s']:.3f}s "
-                        f"batch {r['mean_batch_size']} errors {r['errors']}")
+                        f"batch {r['mean_batch_size']} errors {r['errors']} CPU ms/request {r['cpu_ms_per_request']}")
     finally:
         serve.shutdown()
         ray.shutdown()
 
     medians = {m: {str(c): median_of(rs) for c, rs in by_c.items()} for m, by_c in runs.items()}
-    ratios = {f"throughput_batched_over_unbatched_c{c}": round(
-        medians["batched"][str(c)]["requests_per_s"] / medians["unbatched"][str(c)]["requests_per_s"], 2)
-        for c in args.concurrency}
+    ratios = {}
     for c in args.concurrency:
-        for mode in MODES:
+        for over in ("unbatched", "direct"):
+            if "batched" in medians and over in medians:
+                ratios[f"throughput_batched_over_{over}_c{c}"] = round(
+                    medians["batched"][str(c)]["requests_per_s"] / medians[over][str(c)]["requests_per_s"], 3)
+        if "batched" in medians and "direct" in medians:
+            ratios[f"p50_batched_over_direct_c{c}"] = round(
+                medians["batched"][str(c)]["p50_s"] / medians["direct"][str(c)]["p50_s"], 3)
+            # each rep runs both back to back: the median of per-rep ratios cancels slow drifts of the load
+            pairs = list(zip(runs["batched"][c], runs["direct"][c]))
+            ratios[f"paired_throughput_batched_over_direct_c{c}"] = round(statistics.median(
+                b["requests_per_s"] / d["requests_per_s"] for b, d in pairs), 3)
+            ratios[f"paired_p50_batched_over_direct_c{c}"] = round(statistics.median(
+                b["p50_s"] / d["p50_s"] for b, d in pairs), 3)
+        for mode in modes:
             m = medians[mode][str(c)]
             ratios[f"p99_over_p50_{mode}_c{c}"] = round(m["p99_s"] / m["p50_s"], 2) if m["p50_s"] else None
     g = str(GOAL_C)
-    measured = g in medians["batched"]
+    measured = g in medians.get("batched", {})
+
+    def goal(key: str, test):
+        return test(ratios[key]) if key in ratios and measured else None
+
     goals = {
         f"batched_throughput_at_least_3x_unbatched_at_c{g}":
-            ratios[f"throughput_batched_over_unbatched_c{g}"] >= 3.0 if measured else None,
-        f"p99_at_most_2x_p50_batched_at_c{g}":
-            (ratios[f"p99_over_p50_batched_c{g}"] or float("inf")) <= 2.0 if measured else None,
+            goal(f"throughput_batched_over_unbatched_c{g}", lambda r: r >= 3.0),
+        f"p99_at_most_2x_p50_batched_at_c{g}": goal(f"p99_over_p50_batched_c{g}", lambda r: (r or float("inf")) <= 2.0),
+        f"ingress_throughput_at_least_{1 - HOP_SLACK:.2f}x_direct_at_c{g}":
+            goal(f"paired_throughput_batched_over_direct_c{g}", lambda r: r >= 1 - HOP_SLACK),
+        f"ingress_p50_at_most_{1 + HOP_SLACK:.2f}x_direct_at_c{g}":
+            goal(f"paired_p50_batched_over_direct_c{g}", lambda r: r <= 1 + HOP_SLACK),
         "no_errors": all(m["errors"] == 0 for by_c in medians.values() for m in by_c.values()),
     }
     payload = {
         "setup": {"checkpoint": str(ckpt), "preset": args.preset if not args.checkpoint else None, "budget": budget,
-                  "modes": MODES, "batch_wait_timeout_s": 0.01, "linger_fraction": LINGER_FRACTION,
+                  "modes": {m: {"max_batch_size": MODES[m], "ingress": INGRESS[m]} for m in modes},
+                  "batch_wait_timeout_s": 0.01, "linger_fraction": LINGER_FRACTION,
                   "torch_threads_per_replica": args.torch_threads,
                   "timed_requests_per_level": {str(c): max(args.requests, 10 * c) for c in args.concurrency},
                   "load": "closed loop over loopback HTTP (httpx), warm-up round per level not timed",
@@ -290,10 +352,19 @@ def main(argv: list[str] | None = None) -> int:
         "runs": {m: {str(c): rs for c, rs in by_c.items()} for m, by_c in runs.items()},
     }
     if measured:
-        b, u = medians["batched"][g], medians["unbatched"][g]
-        say(f"medians at C={g}: batched {b['requests_per_s']} req/s vs unbatched {u['requests_per_s']} req/s "
-            f"({ratios[f'throughput_batched_over_unbatched_c{g}']}x); batched p50 {b['p50_s']}s p99 {b['p99_s']}s "
+        b = medians["batched"][g]
+        say(f"medians at C={g}: batched {b['requests_per_s']} req/s, p50 {b['p50_s']}s p99 {b['p99_s']}s "
             f"(p99/p50 {ratios[f'p99_over_p50_batched_c{g}']})")
+        for other in ("unbatched", "direct"):
+            if other in medians:
+                o = medians[other][g]
+                say(f"  {other}: {o['requests_per_s']} req/s, p50 {o['p50_s']}s "
+                    f"(batched/{other} throughput {ratios[f'throughput_batched_over_{other}_c{g}']}x)")
+        if "direct" in medians:
+            say(f"  ingress hop, median of per-rep ratios: throughput "
+                f"{ratios[f'paired_throughput_batched_over_direct_c{g}']}x, "
+                f"p50 {ratios[f'paired_p50_batched_over_direct_c{g}']}x; "
+                f"CPU ms/request {b['cpu_ms_per_request']} vs direct {medians['direct'][g]['cpu_ms_per_request']}")
     else:
         say(f"C={g} was not among --concurrency {args.concurrency}: the goals were not measured")
     say(f"goals: {goals}")

@@ -284,7 +284,9 @@ def build_app(args: ServeArgs) -> serve.Application:
         options["ray_actor_options"] = actor
     if not parsed.ingress:
         return http_model_deployment.options(**options, **drain).bind(parsed.model_dump())
-    model = model_deployment.options(**options, **drain).bind(parsed.model_dump())
+    # the ingress logs each HTTP request; a second access-log line per request from the model costs CPU
+    model = model_deployment.options(**options, **drain, logging_config={"enable_access_log": False}) \
+        .bind(parsed.model_dump())
     return MedlmIngress.options(name=INGRESS_NAME, **drain).bind(model, parsed.max_retries)
 
 

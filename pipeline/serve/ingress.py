@@ -59,7 +59,10 @@ def lost(tries: int) -> ApiError:
 @serve.deployment(
     name=INGRESS_NAME,
     max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
-    ray_actor_options={"num_cpus": 0},
+    # its code only awaits the model: it runs on the replica's own event loop, with the router beside it,
+    # instead of Serve's default of handing every request to a second thread and loop (CPU per request)
+    ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": {
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}}},
     graceful_shutdown_timeout_s=60,
     graceful_shutdown_wait_loop_s=1.0,
 )

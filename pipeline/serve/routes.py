@@ -27,7 +27,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pipeline.serve.api import ApiError, ChatCompletionRequest, CompletionRequest, RefineRequest, describe_validation_errors
+from pipeline.serve.api import (
+    ApiError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    RefineRequest,
+    describe_validation_errors,
+)
 from pipeline.serve.batching import ACCEPTED, SSE_HEADERS
 
 logger = logging.getLogger("ray.serve")

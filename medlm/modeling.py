@@ -360,7 +360,10 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def _register_with_auto_classes() -> None:
-    """Let AutoConfig / AutoModel (and AutoTokenizer, which reads config.json) recognise 'medlm'."""
+    """Let AutoConfig / AutoModel (and AutoTokenizer, which reads config.json) recognise 'medlm'.
+
+    Done when this module is imported (medlm.checkpoint imports it), not by ``import medlm``: the package's
+    light modules (medlm.stats, medlm.tasks, medlm.shipped) are used where torch is not loaded."""
     from transformers import AutoConfig, AutoModel
 
     try:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import types
+import warnings
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -117,6 +119,49 @@ def test_attention_is_the_configs_implementation(tok, tmp_path, monkeypatch):
     config["attn_implementation_hint"] = "auto"
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert not hasattr(MedlmForEditing.from_pretrained(str(tmp_path)).config, "attn_implementation_hint")
+
+
+def test_a_saved_checkpoint_loads_with_the_auto_classes_without_a_warning(tok, tmp_path):
+    """Importing medlm.modeling registers ``medlm`` with AutoConfig and AutoModel, so a checkpoint loads with
+    the three Auto classes like any Hugging Face model: no "unknown model type" warning (AutoTokenizer reads
+    config.json too), the same classes and the same logits as load_checkpoint."""
+    from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
+
+    from medlm.checkpoint import UNTRAINED_HEADS, load_checkpoint, save_checkpoint
+    from medlm.modeling import MedlmConfig
+
+    save_checkpoint(new_model("tiny", tok), tok, tmp_path, extra=UNTRAINED_HEADS)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # collect instead of printing
+    hf_root = logging.getLogger("transformers")
+    hf_root.addHandler(handler)
+    try:
+        hf_logging.get_logger("transformers.medlm_probe").warning("probe")  # the capture sees library warnings
+        assert [r.getMessage() for r in records] == ["probe"]
+        records.clear()
+        logging.Logger.warning_once.cache_clear()  # transformers warns some things once per process: reset that
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            config = AutoConfig.from_pretrained(str(tmp_path))
+            tokenizer = AutoTokenizer.from_pretrained(str(tmp_path))
+            model = AutoModel.from_pretrained(str(tmp_path)).eval()
+    finally:
+        hf_root.removeHandler(handler)
+    assert [r.getMessage() for r in records] == []
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+    assert type(config) is MedlmConfig and type(model) is MedlmForEditing
+
+    ref, ref_tok = load_checkpoint(tmp_path)
+    text = "def add(a, b):\n    return a + b"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert ids == ref_tok.encode(text, add_special_tokens=False)
+    assert special_ids(tokenizer) == special_ids(ref_tok)
+    with torch.no_grad():
+        out, want = model(torch.tensor(ids)), ref(torch.tensor(ids))
+    torch.testing.assert_close(out.token_logits, want.token_logits, rtol=0, atol=0)
+    torch.testing.assert_close(out.insert_logits, want.insert_logits, rtol=0, atol=0)
 
 
 def test_flash_attention_is_the_default_where_it_can_run(monkeypatch):

@@ -45,7 +45,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import add_quick_flag, start, write_result  # noqa: E402
+from benchmarks.common import add_quick_flag, start, write_result
 
 MODES = {"batched": 16, "unbatched": 1, "direct": 16}  # mode -> max_batch_size
 INGRESS = {"batched": True, "unbatched": True, "direct": False}

@@ -4,7 +4,10 @@ Goal: at most 50 ms added per program. Two programs: an empty one (pure start-up
 HumanEval check (HumanEval/0's canonical solution with its tests, what grading runs per sample).
 Each repeat runs every boundary once, in a rotating order, so a burst of background load hits one
 repeat rather than one boundary; the JSON keeps the median wall time per boundary, the median of
-the per-repeat differences to no boundary ("added_ms") and the ratio of medians.
+the per-repeat differences to no boundary ("added_ms_median", the goal's measure) and the ratio of
+medians. On a busy machine every new process waits for a core, and a boundary starts three processes
+where no boundary starts one, so the difference of the fastest runs ("added_ms_at_min") is kept too:
+it is close to what the boundary costs when the machine leaves it alone.
 
     python benchmarks/bench_sandbox.py            # about 1 min on an idle 2-core machine
     python benchmarks/bench_sandbox.py --quick    # smoke run, writes bench_sandbox.smoke.json
@@ -64,10 +67,12 @@ def main(argv=None) -> None:
             added = [t - base for t, base in zip(times[b], times["none"])]
             rows[b] = {"median_ms": round(median(times[b]), 2), "min_ms": round(min(times[b]), 2),
                        "added_ms_median": round(median(added), 2) if b != "none" else 0.0,
+                       "added_ms_at_min": round(min(times[b]) - min(times["none"]), 2),
                        "ratio_to_none": round(median(times[b]) / median(times["none"]), 3),
                        "within_goal": b == "none" or median(added) <= GOAL_MS}
         results[name] = rows
-        line = ", ".join(f"{b} {v['median_ms']:.1f} ms (+{v['added_ms_median']:.1f})" for b, v in rows.items())
+        line = ", ".join(f"{b} {v['median_ms']:.1f} ms (+{v['added_ms_median']:.1f}, fastest +{v['added_ms_at_min']:.1f})"
+                         for b, v in rows.items())
         print(f"{name}: {line}", flush=True)
 
     write_result("bench_sandbox", {

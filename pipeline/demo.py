@@ -292,7 +292,11 @@ def choose_base(cfg: DemoConfig, shipped_root: Optional[Path] = None):
 def host_probe(tokenizer_dir: str, work: Path, seconds: float, seed: int = 0) -> dict:
     """The plain single-process training loop's tokens/s on this host (``medlm.trainer.train_local``,
     the ``small`` preset, two 1,024-token packed rows of toy mask examples per step, all cores), the
-    figure the time goal is scaled by. Runs in the driver before Ray starts; ~``seconds`` + 3 s."""
+    figure the time goal is scaled by. Runs in the driver before Ray starts; ~``seconds`` + 10-15 s of
+    start-up in a fresh process. ``tokens_per_s`` is the median over the timed steps (at least 3), so one
+    step stalled by another process does not set it; ``mean_tokens_per_s`` is tokens over time."""
+    import statistics
+
     import pyarrow.compute as pc
     import torch
 
@@ -328,7 +332,7 @@ def host_probe(tokenizer_dir: str, work: Path, seconds: float, seed: int = 0) ->
 
         def next_batch(step: int):
             marks.append(time.perf_counter())  # a step starts when it asks for its batch
-            if step > warm and marks[-1] - marks[warm] >= seconds:
+            if step >= warm + 3 and marks[-1] - marks[warm] >= seconds:
                 raise _Enough
             batch = collate(packer.next_batch()[0])
             tokens.append(batch.n_tokens)
@@ -341,8 +345,11 @@ def host_probe(tokenizer_dir: str, work: Path, seconds: float, seed: int = 0) ->
     finally:
         torch.set_num_threads(threads)
     timed = len(marks) - 1 - warm  # steps between marks[warm] and the last mark
-    return {"tokens_per_s": sum(tokens[warm:warm + timed]) / (marks[-1] - marks[warm]), "steps": timed,
-            "seconds": marks[-1] - marks[warm], "wall_s": time.perf_counter() - t_call, "preset": PROBE_PRESET,
+    rates = [tokens[i] / (marks[i + 1] - marks[i]) for i in range(warm, warm + timed)]
+    return {"tokens_per_s": statistics.median(rates), "steps": timed,
+            "mean_tokens_per_s": sum(tokens[warm:warm + timed]) / (marks[-1] - marks[warm]),
+            "step_tokens_per_s": [round(r) for r in rates], "seconds": marks[-1] - marks[warm],
+            "wall_s": time.perf_counter() - t_call, "preset": PROBE_PRESET,
             "rows_per_step": PROBE_ROWS, "max_len": PROBE_MAX_LEN, "threads": os.cpu_count(),
             "load_avg_before": os.getloadavg()}
 
@@ -639,7 +646,8 @@ def ship_base(cfg: DemoConfig, base: dict, data: dict, stages: Stages, out: Path
     rows = stages.run("evaluate_base_to_ship", stages_fp(cfg, base, "test_problems", "gen_len"), evaluate)["rows"]
     kept = [{k: v for k, v in r.items() if k not in ("outcomes", "edit_effects")} for r in rows]
     provenance = {
-        "format": 1, "preset": cfg.preset, "commit": _git_commit(), "date": time.strftime("%Y-%m-%d"),
+        "format": 1, "preset": cfg.preset, "commit": _git_commit(), "tree_dirty": _git_dirty(),
+        "date": time.strftime("%Y-%m-%d"),
         "command": "make base (medlm demo --from-scratch --base-only)",
         "config": {k: getattr(cfg, k) for k in ("seed", "preset", "gen_len", "train_problems", "num_workers",
                                                  "cpus_per_worker", "zero_stage", "max_len", "micro_batch_rows",
@@ -719,6 +727,17 @@ def _git_commit() -> Optional[str]:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _git_dirty() -> Optional[bool]:
+    """Whether tracked files differ from the commit (a base trained from uncommitted code says so)."""
+    import subprocess
+
+    try:
+        return bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                   capture_output=True, text=True, check=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         return None
 

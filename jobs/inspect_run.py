@@ -75,7 +75,7 @@ def rejects_by_reason(rejects: pl.DataFrame) -> pl.DataFrame:
 
 def summary_tables(run_path) -> tuple[dict, dict[str, pl.DataFrame]]:
     """(manifest, named tables) for a complete run; raises RunNotReady for anything else."""
-    run = open_run(run_path)
+    run = open_run(run_path, verify_files=True)
     drafts = pl.from_arrow(run.to_arrow())
     rejects = pl.from_arrow(run.rejects())
     tables = {

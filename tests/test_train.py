@@ -189,6 +189,15 @@ def test_bad_data_stops_before_training(ray_local, workspace):
                                 workspace.problems[:4], drop_columns=("token_target",))
     with pytest.raises(DataError, match="lacks column.*token_target"):
         run_training(tiny_config(workspace, "bad-columns", objective="edit", sources=[], draft_runs=[str(no_labels)]))
+    # bit rot: 64 bytes flipped in the middle of a part file (the manifest still lists its old sha256)
+    rotten = write_draft_run(workspace.root / "drafts" / "run-rotten", workspace.checkpoint, workspace.problems[:4])
+    part = rotten / "part-00000-0.parquet"
+    blob = bytearray(part.read_bytes())
+    middle = len(blob) // 2
+    blob[middle:middle + 64] = bytes(b ^ 0xFF for b in blob[middle:middle + 64])
+    part.write_bytes(bytes(blob))
+    with pytest.raises(DataError, match="part file part-00000-0.parquet does not match the sha256 in the manifest"):
+        run_training(tiny_config(workspace, "bad-rotten", objective="edit", sources=[], draft_runs=[str(rotten)]))
     runs = workspace.root / "runs"
     assert not list(runs.glob("bad-*/checkpoint_*")), "a refused run must not have started training"
 

@@ -216,7 +216,7 @@ def plan_run(cfg: GenerateConfig) -> RunPlan:
     tok_hash = tokenizer_hash(tokenizer)
     derived_from = None
     if cfg.from_run:
-        old = open_run(cfg.from_run).manifest
+        old = open_run(cfg.from_run, verify_files=True).manifest
         old_sha = {s["path"]: s["sha256"] for s in old["sources"]}
         for s in sources:
             if s.path in old_sha and old_sha[s.path] != s.sha256:

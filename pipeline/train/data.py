@@ -91,7 +91,9 @@ def open_draft_run(path: str | Path):
     """A complete draft run (``pipeline.drafts.shards.open_run``: _SUCCESS, manifest, version) whose Parquet
     files also carry the schema version and the columns training reads, with integer-list types."""
     try:
-        run = open_run(path)
+        # every part file's sha256 against the manifest: a flipped byte must stop training here, naming the
+        # file, not surface as a Parquet decode error mid-run (or not at all, in columns training skips)
+        run = open_run(path, verify_files=True)
     except (RunNotReady, StorageError) as e:
         raise DataError(f"draft run refused: {e}") from None
     for f in run.files:

@@ -20,6 +20,7 @@ import pytest
 import ray
 from ray import serve
 from s3_server import S3_ENV, create_bucket, list_keys, local_files_named, moto_server
+from trained_heads import train_edit_head
 
 from jobs import evaluate as eval_job
 from jobs import init_model
@@ -66,6 +67,7 @@ def checkpoint(s3):
     """`medlm init --preset tiny`, uploaded to S3 (config.json last); returns its local hash."""
     local = s3["root"] / "ckpt"
     assert init_model.cli(["--preset", "tiny", "--out", str(local)]) == 0
+    train_edit_head(local)  # the edit budget is refused from an insertion head that never saw an edit label
     location(CHECKPOINT).upload_dir(local, last=("config.json",))
     return checkpoint_hash(local)
 

@@ -105,5 +105,9 @@ def test_mask_plus_edit_beats_mask_only_at_equal_nfe(trained):
     mask_only, _ = valid_share(2, 0)
     mask_edit, draft = valid_share(1, 1)
     print(f"valid at 2 NFE: mask-only {mask_only:.2%}; mask 1 + edit 1 {mask_edit:.2%} (its 1-step draft {draft:.2%})")
-    assert mask_edit >= mask_only + 0.2
+    # Since the sampler ranks by the clean probability of the sampled token (LLaDA's rule, issue 26), two
+    # mask steps over these 8 positions were 95% valid here on 2026-12-08 (under the old noisy-softmax ranking
+    # they stayed at least 20 points below mask + edit, which this test asserted), so at equal cost the editor
+    # must not lose; what it must do is repair the 1-step draft.
+    assert mask_edit >= mask_only
     assert mask_edit >= draft + 0.3  # the edit step itself repairs

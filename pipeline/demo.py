@@ -33,8 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 # two 1,024-token packed rows per step, all cores) runs 6,000 tokens/s, and scales with it (40 at 3,000)
 HOST_REFERENCE_TOKENS_PER_S = 6000.0
 PROBE_PRESET, PROBE_MAX_LEN, PROBE_ROWS = "small", 1024, 2
-DRAFT_STARTS = ("masked", "partial")
-COMMIT_ORDERS = ("confidence", "random")
 # settings added after demo runs were recorded: in a fingerprint only when they differ from their
 # default, so stages finished before they existed are still reused
 _LATER_SETTINGS = {"draft_start": "masked", "commit_order": "confidence", "loss_weighting": "llada"}
@@ -126,6 +124,7 @@ class DemoConfig:
         """Refuse, before Ray starts, a demo that cannot fit; the message names the setting."""
         from medlm.evaluation import budget_table
         from medlm.packing import LOSS_WEIGHTINGS
+        from pipeline.drafts.recipe import COMMIT_ORDERS, DRAFT_STARTS
 
         for name in ("gen_len", "train_problems", "test_problems", "draft_rows", "base_steps", "refine_steps",
                      "num_workers", "max_len", "micro_batch_rows", "probe_problems", "eval_batch_size", "eval_actors",

@@ -13,9 +13,7 @@ from typing import Optional
 
 from medlm.packing import LOSS_WEIGHTINGS
 from pipeline.common.storage import Location, location
-
-DRAFT_STARTS = ("masked", "partial")  # as pipeline.drafts.recipe: all masks, or a partly masked reference
-COMMIT_ORDERS = ("confidence", "random")
+from pipeline.drafts.recipe import COMMIT_ORDERS, DRAFT_STARTS
 
 OBJECTIVES = ("mask", "edit", "mixture", "online")
 # 0: no partitioning, DeepSpeed's plain data parallelism; with one worker there is nothing to partition
